@@ -1,0 +1,42 @@
+# Two commands do everything on a fresh clone:
+#   make run    create .venv if missing, install, run the main job (writes to runs/)
+#   make test   same bootstrap, then the unit tests and every notebook (nbmake)
+# and `make lab` opens JupyterLab on notebooks/.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+RUN_DIR ?= runs/laptop-$(shell date +%Y%m%d-%H%M%S)
+
+.PHONY: run test unit notebooks lab sync bench clean
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/python -m moe_helpers train --preset laptop --out $(RUN_DIR)
+
+test: unit notebooks
+
+unit: $(STAMP)
+	$(BIN)/python -m pytest tests
+
+notebooks: $(STAMP)
+	$(BIN)/python -m pytest --nbmake --nbmake-timeout=900 notebooks
+
+lab: $(STAMP)
+	$(BIN)/jupyter lab notebooks
+
+# After editing a notebook's .py (or .ipynb), bring its pair up to date.
+sync: $(STAMP)
+	$(BIN)/jupytext --sync notebooks/*.ipynb
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/moe_layer.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

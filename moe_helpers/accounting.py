@@ -1,0 +1,218 @@
+"""Parameter accounting: how many parameters a model stores, and how many
+each token actually uses.
+
+An MoE layer with E experts of P parameters each, routing every token to k of
+them, stores E * P expert parameters but runs only k * P per token:
+
+    inactive = P * (E - k) * (number of MoE blocks)
+    active   = total - inactive
+    efficiency = active / total
+
+``count_parameters`` measures a built model module by module;
+``count_from_config`` computes the same record by formula, without
+allocating anything, so it works for a 47-billion-parameter config in
+microseconds.  Tests check that the two always agree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+
+from .config import ModelConfig
+
+PARTS = ("embedding", "lm_head", "attention", "norms", "router", "experts", "shared_experts", "dense_ffn")
+
+
+@dataclass(frozen=True)
+class ParameterCounts:
+    """Totals of one model.  ``active`` counts what one token's forward pass uses
+    (embedding and router included, as in the original note)."""
+
+    total: int
+    active: int
+    inactive: int
+    experts_idle: int               # idle expert copies per token, summed over MoE blocks
+    by_part: dict = field(default_factory=dict)
+    num_experts: int = 0
+    top_k: int = 0
+    moe_layers: int = 0
+
+    @property
+    def efficiency(self) -> float:
+        """Active share of all parameters, in percent."""
+        return 100.0 * self.active / self.total
+
+    @property
+    def is_moe(self) -> bool:
+        return self.num_experts >= 1
+
+    @property
+    def active_non_embedding(self) -> int:
+        """Active parameters without the input embedding table (a lookup, not a matmul)."""
+        return self.active - self.by_part["embedding"]
+
+
+def _counts(by_part: dict, expert_size: int, num_experts: int, top_k: int, moe_layers: int) -> ParameterCounts:
+    idle_per_block = num_experts - top_k if num_experts else 0
+    inactive = expert_size * idle_per_block * moe_layers
+    total = sum(by_part.values())
+    return ParameterCounts(total=total, active=total - inactive, inactive=inactive,
+                           experts_idle=idle_per_block * moe_layers, by_part=by_part,
+                           num_experts=num_experts, top_k=top_k if num_experts else 0,
+                           moe_layers=moe_layers)
+
+
+def _part_of(name: str) -> str:
+    """Which part of the model a parameter (by its qualified name) belongs to."""
+    if name.startswith("tok_embeddings"):
+        return "embedding"
+    if name.startswith("lm_head"):
+        return "lm_head"
+    if ".attention." in name:
+        return "attention"
+    if "norm" in name:
+        return "norms"
+    if ".router." in name:
+        return "router"
+    if ".shared_experts." in name:
+        return "shared_experts"
+    if ".experts." in name:
+        return "experts"
+    return "dense_ffn"
+
+
+def count_parameters(model: nn.Module) -> ParameterCounts:
+    """Count a built ``GPT``'s parameters, measured from its modules.
+
+    Tied weights are counted once (``named_parameters`` skips duplicates)."""
+    by_part = dict.fromkeys(PARTS, 0)
+    for name, param in model.named_parameters():
+        by_part[_part_of(name)] += param.numel()
+    moe_layers = [block.ffn for block in model.layers if block.is_moe]
+    if not moe_layers:
+        return _counts(by_part, 0, 0, 0, 0)
+    first = moe_layers[0]
+    expert_size = sum(p.numel() for p in first.experts[0].parameters())
+    return _counts(by_part, expert_size, first.num_experts, first.top_k, len(moe_layers))
+
+
+def swiglu_size(d_model: int, d_ff: int) -> int:
+    """Parameters of one SwiGLU FFN: w1 and w3 (d_model x d_ff) and w2 (d_ff x d_model)."""
+    return 3 * d_model * d_ff
+
+
+def count_from_config(cfg: ModelConfig) -> ParameterCounts:
+    """The same record as ``count_parameters(GPT(cfg))``, by formula."""
+    d, hd = cfg.d_model, cfg.head_size
+    attention = d * cfg.n_heads * hd + 2 * d * cfg.kv_heads * hd + cfg.n_heads * hd * d  # wq, wk, wv, wo
+    moe_layers = cfg.num_moe_layers
+    dense_layers = cfg.n_layers - moe_layers
+    by_part = {
+        "embedding": cfg.vocab_size * d,
+        "lm_head": 0 if cfg.tie_embeddings else cfg.vocab_size * d,
+        "attention": cfg.n_layers * attention,
+        "norms": (2 * cfg.n_layers + 1) * d,
+        "router": moe_layers * d * cfg.num_experts,
+        "experts": moe_layers * cfg.num_experts * swiglu_size(d, cfg.d_ff),
+        "shared_experts": moe_layers * cfg.num_shared_experts * swiglu_size(d, cfg.shared_hidden),
+        "dense_ffn": dense_layers * swiglu_size(d, cfg.dense_hidden),
+    }
+    return _counts(by_part, swiglu_size(d, cfg.d_ff), cfg.num_experts, cfg.top_k, moe_layers)
+
+
+@dataclass(frozen=True)
+class Flops:
+    forward: float      # FLOPs of one token's forward pass
+    training: float     # forward + backward (3x forward)
+
+
+def flops_per_token(cfg: ModelConfig, seq_len: int) -> Flops:
+    """Floating-point operations per token (PaLM convention, Chowdhery et al. 2022, app. B).
+
+        forward  = 2 * N_active_matmul + 4 * n_layers * seq_len * n_heads * head_dim
+        training = 3 * forward
+
+    ``N_active_matmul`` is the active parameters without the embedding lookup
+    (each weight does one multiply and one add).  The second term is the
+    attention scores and their weighted sum, counted over the full context
+    (no discount for the causal mask).
+    """
+    if seq_len < 1:
+        raise ValueError(f"seq_len must be >= 1, got {seq_len}")
+    counts = count_from_config(cfg)
+    matmul_params = counts.active - counts.by_part["embedding"] - counts.by_part["norms"]
+    if cfg.tie_embeddings:
+        matmul_params += cfg.vocab_size * cfg.d_model   # the tied table is still the LM head
+    attention = 4 * cfg.n_layers * seq_len * cfg.n_heads * cfg.head_size
+    forward = 2 * matmul_params + attention
+    return Flops(forward=float(forward), training=3.0 * forward)
+
+
+_BYTES = {torch.float32: 4, torch.float16: 2, torch.bfloat16: 2, torch.float64: 8, torch.int8: 1}
+_OPTIMIZER_STATES = {"adamw": 2, "sgd": 0, "sgd_momentum": 1}   # fp32 tensors per parameter
+
+
+@dataclass(frozen=True)
+class Memory:
+    weights: int
+    gradients: int
+    optimizer: int
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.gradients + self.optimizer
+
+
+def memory_bytes(cfg: ModelConfig, dtype=torch.float32, optimizer: str | None = "adamw") -> Memory:
+    """Bytes to hold the weights, their gradients and the optimiser state.
+
+    An MoE pays for *all* its parameters here, active or not.  Optimiser states
+    are kept in float32 (AdamW: first and second moments).  ``optimizer=None``
+    means inference: weights only.  Activations are not included.
+    """
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype, None)
+    if dtype not in _BYTES:
+        raise ValueError(f"dtype must be one of {[str(t) for t in _BYTES]}, got {dtype}")
+    if optimizer is not None and optimizer not in _OPTIMIZER_STATES:
+        raise ValueError(f"optimizer must be one of {list(_OPTIMIZER_STATES)} or None, got {optimizer!r}")
+    total = count_from_config(cfg).total
+    if optimizer is None:
+        return Memory(weights=total * _BYTES[dtype], gradients=0, optimizer=0)
+    return Memory(weights=total * _BYTES[dtype], gradients=total * _BYTES[dtype],
+                  optimizer=total * 4 * _OPTIMIZER_STATES[optimizer])
+
+
+RULE = "=" * 60
+THIN_RULE = "  " + "\u2500" * 57
+
+
+def _millions(label: str, value: int) -> str:
+    return f"  {label:<18}{value / 1e6:8.2f} M"
+
+
+def format_banner(title: str, counts: ParameterCounts, steps: int, lr: float, device) -> str:
+    """The banner printed at the start of each phase, line for line as in the
+    original note (dense and MoE variants)."""
+    lines = [RULE, f"  {title}", f"  Steps: {steps}  |  LR: {lr}  |  Device: {device}", THIN_RULE,
+             _millions("Total Parameters:", counts.total)]
+    if not counts.is_moe:
+        lines += [_millions("Active Params/tok:", counts.active) + "  (Dense model)", THIN_RULE]
+    else:
+        lines += [
+            _millions("Active Params/tok:", counts.active) + f"  (top-{counts.top_k} of {counts.num_experts} experts)",
+            _millions("Inactive Params:", counts.inactive) + f"  ({counts.experts_idle} experts idle)",
+            THIN_RULE,
+            f"  Efficiency: {counts.efficiency:.1f}% active per forward pass",
+        ]
+    return "\n".join(lines + [RULE])
+
+
+def phase_banner(title: str, counts: ParameterCounts, steps: int, lr: float, device) -> str:
+    """Print the phase banner and return its text."""
+    text = format_banner(title, counts, steps, lr, device)
+    print(text)
+    return text

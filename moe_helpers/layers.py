@@ -1,0 +1,121 @@
+"""The building blocks of the decoder: RMSNorm, rotary embeddings, attention
+and the SwiGLU feed-forward network.
+
+Conventions follow Hugging Face's Llama / Mixtral code (RMSNorm computed in
+float32, rotary embeddings in the "rotate-half" layout, no biases), so the
+weights of a trained model map one to one onto ``LlamaForCausalLM`` /
+``MixtralForCausalLM``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def upcast(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in float32, or kept in float64 (half precision is too coarse for norms and softmax)."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square layer norm (Zhang & Sennrich 2019, eq. 4).
+
+        y = x / sqrt(mean(x^2) + eps) * g
+
+    Computed in float32 (or float64) and cast back, as in Llama.  No mean subtraction, no bias.
+    """
+
+    def __init__(self, dim: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))             # g, (dim,)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        input_dtype = x.dtype
+        x = upcast(x)
+        inverse_rms = torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * (x * inverse_rms).to(input_dtype)
+
+
+def rope_frequencies(head_dim: int, max_seq_len: int, theta: float = 10000.0):
+    """cos and sin tables of rotary position embeddings (Su et al. 2021, eq. 15).
+
+    Pair ``(i, i + head_dim/2)`` of a head rotates by angle ``pos * theta^(-2i/head_dim)``.
+    Returns two tensors of shape ``(max_seq_len, head_dim)``.
+    """
+    inverse_freq = theta ** (-torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)  # (hd/2,)
+    positions = torch.arange(max_seq_len, dtype=torch.float64)
+    angles = torch.outer(positions, inverse_freq)                                # (T, hd/2)
+    angles = torch.cat([angles, angles], dim=-1)                                 # (T, hd)
+    return angles.cos().float(), angles.sin().float()
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    """[x1, x2] -> [-x2, x1] on the last dimension (the Llama layout)."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat([-x2, x1], dim=-1)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate queries or keys ``x`` of shape (B, H, T, hd) by their position."""
+    return x * cos + rotate_half(x) * sin
+
+
+class Attention(nn.Module):
+    """Causal multi-head self-attention with grouped-query attention and RoPE.
+
+    ``n_heads`` query heads share ``n_kv_heads`` key/value heads (GQA, Ainslie
+    et al. 2023): query head ``h`` reads key/value head ``h // (n_heads / n_kv_heads)``.
+    """
+
+    def __init__(self, d_model: int, n_heads: int, n_kv_heads: int, head_dim: int,
+                 max_seq_len: int, rope_theta: float = 10000.0, dropout: float = 0.0):
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.head_dim = n_heads, n_kv_heads, head_dim
+        self.dropout = dropout
+        self.wq = nn.Linear(d_model, n_heads * head_dim, bias=False)
+        self.wk = nn.Linear(d_model, n_kv_heads * head_dim, bias=False)
+        self.wv = nn.Linear(d_model, n_kv_heads * head_dim, bias=False)
+        self.wo = nn.Linear(n_heads * head_dim, d_model, bias=False)
+        cos, sin = rope_frequencies(head_dim, max_seq_len, rope_theta)
+        self.register_buffer("rope_cos", cos, persistent=False)                  # (T_max, hd)
+        self.register_buffer("rope_sin", sin, persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, _ = x.shape                                                        # (B, T, d_model)
+        q = self.wq(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)    # (B, H, T, hd)
+        k = self.wk(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, T, hd)
+        v = self.wv(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, T, hd)
+        cos = self.rope_cos[:T].to(x.dtype)
+        sin = self.rope_sin[:T].to(x.dtype)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        group = self.n_heads // self.n_kv_heads
+        k = k.repeat_interleave(group, dim=1)                                    # (B, H, T, hd)
+        v = v.repeat_interleave(group, dim=1)
+        out = F.scaled_dot_product_attention(
+            q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0
+        )                                                                        # (B, H, T, hd)
+        out = out.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)    # (B, T, H*hd)
+        return self.wo(out)                                                      # (B, T, d_model)
+
+
+class FeedForward(nn.Module):
+    """SwiGLU feed-forward network (Shazeer 2020, eq. 6), as in Llama:
+
+        FFN(x) = W2 (SiLU(W1 x) * W3 x)
+
+    ``w1`` is the gate, ``w3`` the up projection, ``w2`` the down projection.
+    Every expert of an MoE layer is one of these.
+    """
+
+    def __init__(self, d_model: int, d_ff: int):
+        super().__init__()
+        self.w1 = nn.Linear(d_model, d_ff, bias=False)   # gate
+        self.w3 = nn.Linear(d_model, d_ff, bias=False)   # up
+        self.w2 = nn.Linear(d_ff, d_model, bias=False)   # down
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        hidden = F.silu(self.w1(x)) * self.w3(x)          # (..., d_ff)
+        return self.w2(hidden)                            # (..., d_model)

@@ -1,0 +1,142 @@
+"""The decoder: a ``Block`` (attention + feed-forward) and the ``GPT`` model.
+
+Pre-norm residual blocks as in Llama / Mixtral:
+
+    h = x + Attention(RMSNorm(x))
+    y = h + FFN(RMSNorm(h))          FFN: a SwiGLU network, or an MoE layer
+
+``ModelConfig.num_experts == 0`` gives a dense model; ``>= 1`` puts an
+``MoELayer`` in every block after the first ``first_k_dense``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .config import ModelConfig
+from .layers import Attention, FeedForward, RMSNorm, upcast
+from .moe import MoELayer
+
+
+@dataclass
+class ModelOutput:
+    logits: torch.Tensor              # (B, T, vocab_size)
+    loss: torch.Tensor | None         # mean next-token cross-entropy, or None without targets
+    aux_loss: torch.Tensor            # sum of the MoE layers' weighted aux losses (0 for dense)
+
+
+def build_ffn(cfg: ModelConfig, layer: int) -> nn.Module:
+    """The feed-forward part of block ``layer``: dense SwiGLU or an MoE layer.
+
+    This is the one place where dense and MoE models differ."""
+    if not cfg.is_moe_block(layer):
+        return FeedForward(cfg.d_model, cfg.dense_hidden)
+    return MoELayer(
+        cfg.d_model, cfg.d_ff, cfg.num_experts, cfg.top_k,
+        renormalize=cfg.renormalize_top_k,
+        num_shared_experts=cfg.num_shared_experts, shared_d_ff=cfg.shared_hidden,
+        aux_loss_coef=cfg.aux_loss_coef, z_loss_coef=cfg.z_loss_coef,
+    )
+
+
+class Block(nn.Module):
+    """One pre-norm transformer block."""
+
+    def __init__(self, cfg: ModelConfig, layer: int):
+        super().__init__()
+        self.attention_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.attention = Attention(cfg.d_model, cfg.n_heads, cfg.kv_heads, cfg.head_size,
+                                   cfg.max_seq_len, cfg.rope_theta, cfg.dropout)
+        self.ffn_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.ffn = build_ffn(cfg, layer)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    @property
+    def is_moe(self) -> bool:
+        return isinstance(self.ffn, MoELayer)
+
+    def forward(self, x: torch.Tensor):
+        """(B, T, d_model) -> (B, T, d_model) and this block's aux loss."""
+        x = x + self.dropout(self.attention(self.attention_norm(x)))
+        if self.is_moe:
+            ffn_out, aux_loss = self.ffn(self.ffn_norm(x), return_aux=True)
+        else:
+            ffn_out, aux_loss = self.ffn(self.ffn_norm(x)), x.new_zeros(())
+        return x + self.dropout(ffn_out), aux_loss
+
+
+class GPT(nn.Module):
+    """A decoder-only language model (dense or MoE) built from a ``ModelConfig``."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.tok_embeddings = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.layers = nn.ModuleList(Block(cfg, layer) for layer in range(cfg.n_layers))
+        self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self.apply(self._init_weights)
+        for name, param in self.named_parameters():  # GPT-2: scale residual projections by 1/sqrt(2L)
+            if name.endswith(("wo.weight", "w2.weight")):
+                nn.init.normal_(param, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layers))
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.tok_embeddings.weight
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    @property
+    def moe_layers(self) -> list[MoELayer]:
+        return [block.ffn for block in self.layers if block.is_moe]
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None) -> ModelOutput:
+        """``idx``: token ids (B, T); ``targets``: the next tokens (B, T) or None."""
+        _, T = idx.shape
+        if T > self.cfg.max_seq_len:
+            raise ValueError(f"sequence length {T} exceeds max_seq_len {self.cfg.max_seq_len}")
+        x = self.tok_embeddings(idx)                                  # (B, T, d_model)
+        aux_loss = x.new_zeros(())
+        for block in self.layers:
+            x, block_aux = block(x)                                   # (B, T, d_model)
+            aux_loss = aux_loss + block_aux
+        logits = self.lm_head(self.norm(x))                           # (B, T, vocab_size)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(upcast(logits.flatten(0, 1)), targets.flatten())
+        return ModelOutput(logits=logits, loss=loss, aux_loss=aux_loss)
+
+    @torch.no_grad()
+    def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
+                 top_k: int | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Append ``max_new_tokens`` sampled tokens to ``idx`` (B, T).
+
+        ``temperature=0`` picks the most likely token (greedy); ``top_k`` keeps
+        only the k most likely tokens before sampling.
+        """
+        if max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+        if temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {temperature}")
+        was_training = self.training
+        self.eval()
+        for _ in range(max_new_tokens):
+            context = idx[:, -self.cfg.max_seq_len:]                  # (B, <= max_seq_len)
+            logits = self(context).logits[:, -1, :].float()           # (B, vocab_size)
+            if temperature == 0:
+                next_token = logits.argmax(dim=-1, keepdim=True)      # (B, 1)
+            else:
+                logits = logits / temperature
+                if top_k is not None:
+                    kth_best = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[:, [-1]]
+                    logits = logits.masked_fill(logits < kth_best, float("-inf"))
+                next_token = torch.multinomial(logits.softmax(-1), 1, generator=generator)
+            idx = torch.cat([idx, next_token], dim=1)
+        self.train(was_training)
+        return idx

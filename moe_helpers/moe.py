@@ -1,0 +1,220 @@
+"""Mixture-of-Experts: the router, the experts and the layer that joins them.
+
+An MoE layer replaces one feed-forward network by ``num_experts`` of them and a
+router that sends each token to ``top_k`` of them (Shazeer et al. 2017):
+
+    p      = softmax(x W_r)                      router probabilities, (N, E)
+    S      = top-k indices of p                  chosen experts, (N, k)
+    g_i    = p_i / sum_{j in S} p_j  (i in S)    renormalised weights (Mixtral)
+    y      = sum_{i in S} g_i * Expert_i(x)
+
+Every expert is the same SwiGLU ``FeedForward`` class the dense model uses, so
+the only new pieces are the router and the dispatch.  Two auxiliary losses
+keep the router healthy: the Switch load-balancing loss and the ST-MoE
+router z-loss.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .layers import FeedForward, upcast
+
+
+def load_balancing_loss(router_logits: torch.Tensor, top_k: int) -> torch.Tensor:
+    """Switch Transformer load-balancing loss (Fedus et al. 2021, eqs. 4-6), top-k form:
+
+        loss = E * sum_i f_i * P_i
+
+    ``f_i``: fraction of the N*k token slots routed to expert i (no gradient);
+    ``P_i``: mean router probability of expert i over the N tokens.
+    It is exactly 1.0 when both are uniform (1/E each) and E when every slot
+    and all probability go to one expert.  ``router_logits``: (N, E).
+    """
+    num_tokens, num_experts = router_logits.shape
+    probs = upcast(router_logits).softmax(dim=-1)                               # (N, E)
+    chosen = probs.topk(top_k, dim=-1).indices                                  # (N, k)
+    slots_per_expert = torch.bincount(chosen.flatten(), minlength=num_experts)  # (E,)
+    slot_fraction = slots_per_expert.to(probs.dtype) / (num_tokens * top_k)             # f, (E,)
+    mean_prob = probs.mean(dim=0)                                               # P, (E,)
+    return num_experts * (slot_fraction * mean_prob).sum()
+
+
+def router_z_loss(router_logits: torch.Tensor) -> torch.Tensor:
+    """ST-MoE router z-loss (Zoph et al. 2022, eq. 5): mean over tokens of
+    ``logsumexp(logits)^2``.  It keeps the router logits small, which keeps
+    the softmax numerically stable."""
+    return torch.logsumexp(upcast(router_logits), dim=-1).pow(2).mean()
+
+
+@dataclass
+class RoutingStats:
+    """What one MoE layer did in its last forward pass (for plots and logs)."""
+
+    tokens_per_expert: torch.Tensor   # (E,) token slots sent to each expert (before dropping)
+    mean_prob: torch.Tensor           # (E,) mean router probability of each expert
+    top_k_experts: torch.Tensor       # (N, k) the chosen experts of each token, best first
+    dropped_fraction: float           # share of token slots dropped by the capacity limit
+
+    @property
+    def top1_expert(self) -> torch.Tensor:
+        """(N,) the highest-weighted expert of each token."""
+        return self.top_k_experts[:, 0]
+
+    @property
+    def load_share(self) -> torch.Tensor:
+        """Share of token slots each expert received (sums to 1)."""
+        return self.tokens_per_expert.float() / self.tokens_per_expert.sum().clamp(min=1)
+
+
+class Router(nn.Linear):
+    """Top-k router: ``Linear(d_model, num_experts, bias=False)`` plus the routing rule.
+
+    It *is* the linear map (so ``moe.router.weight`` is the (E, d_model) matrix),
+    with a ``route`` method on top.  ``renormalize=True`` rescales the k chosen
+    probabilities to sum to 1 (Mixtral); ``False`` keeps the raw probabilities
+    (Switch / GShard style).  ``noisy=True`` adds trainable Gaussian noise to the
+    logits while training (noisy top-k gating, Shazeer et al. 2017, eqs. 3-5):
+    ``H(x) = x W_g + N(0, 1) * softplus(x W_noise)``.
+    """
+
+    def __init__(self, d_model: int, num_experts: int, top_k: int,
+                 renormalize: bool = True, noisy: bool = False):
+        super().__init__(d_model, num_experts, bias=False)
+        self.num_experts, self.top_k, self.renormalize = num_experts, top_k, renormalize
+        self.noise = nn.Linear(d_model, num_experts, bias=False) if noisy else None
+        if self.noise is not None:
+            nn.init.zeros_(self.noise.weight)
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Router logits of the tokens ``x`` (N, d_model) -> (N, E)."""
+        logits = super().forward(x)                                             # (N, E)
+        if self.noise is not None and self.training:
+            logits = logits + torch.randn_like(logits) * F.softplus(self.noise(x))
+        return logits
+
+    def route(self, logits: torch.Tensor):
+        """Top-k experts and their weights from router logits (N, E).
+
+        Returns ``(top_k_weights, top_k_experts)``, both (N, k), best expert
+        first.  The softmax runs in float32 as in Mixtral; the weights come
+        back in the logits' dtype.
+        """
+        probs = upcast(logits).softmax(dim=-1)                                  # (N, E)
+        top_k_weights, top_k_experts = probs.topk(self.top_k, dim=-1)           # (N, k), (N, k)
+        if self.renormalize:
+            top_k_weights = top_k_weights / top_k_weights.sum(dim=-1, keepdim=True)
+        return top_k_weights.to(logits.dtype), top_k_experts
+
+
+class MoELayer(nn.Module):
+    """A sparse Mixture-of-Experts feed-forward layer.
+
+    ``router`` is ``nn.Linear(d_model, num_experts, bias=False)``, ``experts`` an
+    ``nn.ModuleList`` of ``FeedForward``.  Optional pieces: ``num_shared_experts``
+    always-active experts added to every token's output (DeepSeekMoE), a
+    ``capacity_factor`` that limits each expert to
+    ``ceil(capacity_factor * N * k / E)`` token slots (slots over the limit are
+    dropped and contribute zero; the residual connection carries the token on),
+    noisy top-k gating and Switch-style weights without renormalisation.
+    """
+
+    def __init__(self, d_model: int, d_ff: int, num_experts: int, top_k: int = 2, *,
+                 renormalize: bool = True, noisy_gating: bool = False,
+                 capacity_factor: float | None = None,
+                 num_shared_experts: int = 0, shared_d_ff: int | None = None,
+                 aux_loss_coef: float = 0.01, z_loss_coef: float = 0.001):
+        super().__init__()
+        if not (isinstance(num_experts, int) and num_experts >= 1):
+            raise ValueError(f"num_experts must be an integer >= 1, got {num_experts!r}")
+        if not (isinstance(top_k, int) and 1 <= top_k <= num_experts):
+            raise ValueError(f"top_k must be in 1..num_experts (1..{num_experts}), got {top_k!r}")
+        if capacity_factor is not None and not capacity_factor > 0:
+            raise ValueError(f"capacity_factor must be > 0 (or None for no limit), got {capacity_factor!r}")
+        self.num_experts, self.top_k = num_experts, top_k
+        self.capacity_factor = capacity_factor
+        self.aux_loss_coef, self.z_loss_coef = aux_loss_coef, z_loss_coef
+        self.router = Router(d_model, num_experts, top_k, renormalize, noisy_gating)
+        self.experts = nn.ModuleList(FeedForward(d_model, d_ff) for _ in range(num_experts))
+        self.shared_experts = nn.ModuleList(
+            FeedForward(d_model, shared_d_ff or d_ff) for _ in range(num_shared_experts)
+        )
+        self.last_stats: RoutingStats | None = None
+
+    @property
+    def renormalize(self) -> bool:
+        return self.router.renormalize
+
+    def capacity(self, num_tokens: int) -> int | None:
+        """Token slots each expert may take, or None when there is no limit."""
+        if self.capacity_factor is None:
+            return None
+        return math.ceil(self.capacity_factor * num_tokens * self.top_k / self.num_experts)
+
+    def forward(self, x: torch.Tensor, return_aux: bool = False):
+        """``x``: (..., d_model) -> same shape; with ``return_aux`` also the
+        weighted auxiliary loss ``aux_loss_coef * balance + z_loss_coef * z``."""
+        shape = x.shape
+        tokens = x.reshape(-1, shape[-1])                                       # (N, d)
+        router_logits = self.router.logits(tokens)                              # (N, E)
+        top_k_weights, top_k_experts = self.router.route(router_logits)         # (N, k), (N, k)
+        output, kept = self._dispatch(tokens, top_k_weights, top_k_experts)     # (N, d), (N*k,)
+        for shared in self.shared_experts:
+            output = output + shared(tokens)
+        self.last_stats = _routing_stats(router_logits, top_k_experts, kept)
+        output = output.reshape(shape)
+        if not return_aux:
+            return output
+        aux = (self.aux_loss_coef * load_balancing_loss(router_logits, self.top_k)
+               + self.z_loss_coef * router_z_loss(router_logits))
+        return output, aux
+
+    def _dispatch(self, tokens, top_k_weights, top_k_experts):
+        """Run each expert once on the token slots routed to it.
+
+        The N*k slots are sorted by expert so that each expert's slots form one
+        contiguous slice; the outputs are weighted by the gate and scatter-added
+        back to their tokens.  Returns the output (N, d) and, per sorted slot,
+        whether it was kept (False only when the capacity limit dropped it).
+        """
+        num_tokens = tokens.shape[0]
+        slot_expert = top_k_experts.flatten()                                   # (N*k,)
+        slot_weight = top_k_weights.flatten()                                   # (N*k,)
+        order = torch.argsort(slot_expert, stable=True)                         # (N*k,) slots grouped by expert
+        sorted_expert = slot_expert[order]                                      # (N*k,) non-decreasing
+        tokens_per_expert = torch.bincount(slot_expert, minlength=self.num_experts)  # (E,)
+
+        kept = torch.ones_like(order, dtype=torch.bool)
+        capacity = self.capacity(num_tokens)
+        if capacity is not None:   # a slot's place in its expert's queue, in token order
+            queue_start = torch.cumsum(tokens_per_expert, 0) - tokens_per_expert
+            place_in_queue = torch.arange(order.numel(), device=order.device) - queue_start[sorted_expert]
+            kept = place_in_queue < capacity
+            order, sorted_expert = order[kept], sorted_expert[kept]
+        slots_per_expert = torch.bincount(sorted_expert, minlength=self.num_experts).tolist()
+
+        slot_token = order // self.top_k                                        # (S,) token of each slot
+        expert_inputs = tokens[slot_token].split(slots_per_expert)              # E chunks of (S_e, d)
+        expert_outputs = torch.cat([
+            expert(chunk) for expert, chunk in zip(self.experts, expert_inputs)
+        ])                                                                      # (S, d)
+        expert_outputs = expert_outputs * slot_weight[order, None]
+        output = torch.zeros_like(tokens).index_add_(0, slot_token, expert_outputs)  # (N, d)
+        return output, kept
+
+
+def _routing_stats(router_logits, top_k_experts, kept) -> RoutingStats:
+    """Detached routing statistics of one forward pass."""
+    with torch.no_grad():
+        num_experts = router_logits.shape[-1]
+        return RoutingStats(
+            tokens_per_expert=torch.bincount(top_k_experts.flatten(), minlength=num_experts).cpu(),
+            mean_prob=upcast(router_logits).softmax(-1).mean(0).cpu(),
+            top_k_experts=top_k_experts.cpu(),
+            dropped_fraction=1.0 - kept.float().mean().item(),
+        )
