@@ -41,3 +41,35 @@ def plot_losses(histories, ax=None, title: str = "Training and validation loss",
     ax.grid(alpha=0.3)
     ax.legend()
     return ax
+
+
+def plot_phases(history: History, jumps: dict | None = None, ax=None,
+                title: str = "Loss across the three phases"):
+    """Train and validation loss of a multi-phase run on one axis.
+
+    Phase boundaries are dashed lines; ``jumps`` (``{phase: loss jump into
+    that phase}``) are written at each boundary, so a learner sees that
+    growing the model did not move the loss.
+    """
+    ax = _axes(ax, figsize=(9, 4.5))
+    for phase in history.phases:
+        records = [r for r in history.records if r["phase"] == phase]
+        evaluated = [r for r in records if r["val_loss"] is not None]
+        color = f"C{phase - 1}"
+        ax.plot([r["global_step"] for r in records], [r["train_loss"] for r in records],
+                color=color, alpha=0.5, lw=1.2, label=f"phase {phase} train")
+        ax.plot([r["global_step"] for r in evaluated], [r["val_loss"] for r in evaluated],
+                "o-", color=color, ms=4, lw=1.8, label=f"phase {phase} validation")
+        if phase > 1:
+            boundary = records[0]["global_step"]
+            ax.axvline(boundary, color="grey", ls="--", lw=1)
+            if jumps and jumps.get(phase) is not None:
+                ax.annotate(f"{phase - 1}\u2192{phase} jump\n{jumps[phase]:+.1e}", xy=(boundary, 1.0),
+                            xycoords=("data", "axes fraction"), xytext=(4, -28),
+                            textcoords="offset points", fontsize=8, color="dimgray")
+    ax.set_xlabel("optimiser step (all phases)")
+    ax.set_ylabel("cross-entropy (nats / token)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, ncol=len(history.phases))
+    return ax

@@ -17,8 +17,8 @@ import random
 import re
 from functools import lru_cache
 
-OFFLINE_NOTICE = ("Offline mode: training on a generated stand-in for TinyStories, not the real "
-                  "dataset, so losses are not comparable to published TinyStories numbers.")
+OFFLINE_NOTICE = ("This is a generated stand-in for TinyStories, not the real dataset, so its losses "
+                  "are not comparable to published TinyStories numbers.")
 
 TRAIN_SEED, VALIDATION_SEED = 2023, 7_777_777
 TRAIN_CHARS = 1_500_000                 # about 1.5 MB of text
@@ -51,8 +51,8 @@ PET_NAMES = _words("""Spot|Buddy|Coco|Pip|Fluffy|Mittens|Whiskers|Patch|Biscuit|
 Bubbles|Rusty|Snowy|Sunny|Bingo|Tiny|Fuzzy|Lucky|Benny|Honey|Cookie|Sparky|Hoppy|Nibbles|Bolt|Button|Dot|Jelly|
 Oreo|Pickles|Shadow|Socks|Tofu|Waffles|Ginger|Cocoa|Scout|Pebble|Bramble|Clover|Puddles|Squeak|Toffee|Noodle|Bean""")
 ANIMALS = _words("""dog|cat|bunny|bear|bird|duck|fox|mouse|owl|frog|pig|lamb|puppy|kitten|squirrel|turtle|
-hedgehog|goat|cow|pony|chick|elephant|otter|lion|tiger|monkey|penguin|deer|
-raccoon|hen|goose|koala|panda|giraffe|zebra""")
+hedgehog|goat|calf|pony|chick|elephant|otter|lion|tiger|monkey|penguin|deer|
+raccoon|chicken|goose|koala|panda|giraffe|zebra""")
 ANIMAL_ADJECTIVES = _words("little|small|happy|curious|friendly|playful|young|sleepy|silly|cheerful|gentle|clever")
 TRAITS = _words("kind|happy|curious|cheerful|friendly|clever|playful|gentle|silly|busy|sweet|shy|funny")
 HELPERS = tuple(tuple(entry.split()) for entry in _words("""mom Mom she|dad Dad he|mommy Mommy she|daddy Daddy he|
@@ -123,11 +123,11 @@ NEEDS = _rows("""
 a little bird|the bird|had a hurt wing|made a soft bed in a box for it|the bird got well and flew away
 a kitten up in a tree|the kitten|was stuck and could not get down|held up a ladder for it|the kitten purred
 an old man|the old man|had dropped his apples on the road|picked up every apple|the old man gave {him} an apple
-{friend}|{friend}|had {friend_his} kite stuck in a tree|used a long stick to poke the kite free|{friend} cheered
+{his} friend {friend}|{friend}|had {friend_his} kite stuck in a tree|poked the kite free with a stick|{friend} cheered
 a tiny puppy|the puppy|had lost its way home|read its collar and walked it home|the puppy was safe
 a turtle|the turtle|was stuck on its back|gently turned the turtle over|the turtle walked back to the pond
 a little duck|the duck|was caught in an old fishing net|untied the net bit by bit|the duck swam to its mother
-a lady at the market|the lady|had too many heavy bags|carried two of the bags to her car|the lady said thank you
+a lady with many bags|the lady|could not carry all her heavy bags|carried two bags to her car|the lady said thank you
 a baby bird|the baby bird|had fallen out of its nest|put the baby bird back in its nest|the mother bird sang
 the flowers in the garden|the flowers|were dry and droopy|gave every flower a drink|the flowers stood up tall""")
 SKILLS = _rows("""ride a bike|wobbled and fell down on the grass|rode all the way down the street
@@ -176,9 +176,11 @@ OPENINGS = """Once upon a time, there was {hero_intro} who lived in {home}.
 | Once upon a time, in {home}, there lived {hero_intro}. | There once was {hero_intro}. {He} lived in {home}.
 | {Hero_intro} lived in {home}. | In {home}, there lived {hero_intro}.
 | Once there was {hero_intro}. {His} home was {home}.
-{He} loved to play with {his} {colour} {toy}. | {Name} was {trait} and liked to {hobby}.
-| Every day, {name} liked to {hobby}. | {He} had {a_colour_toy} that {he} took everywhere.
-| {Name} was a very {trait} {kind}. {His} favorite thing was to {hobby}."""
+{Name} was {trait} and liked to {hobby}. | Every day, {name} liked to {hobby}.
+| {Name} was a very {trait} {kind}. {His} favorite thing was to {hobby}.
+| {His} favorite color was {colour}, and {he} loved to {hobby}. | More than anything, {name} loved to {hobby}."""
+CLOSINGS = """?{Name} went to bed that night with a big smile. | And {name} felt {good_feeling} all day long.
+| It was a day {name} would always remember. | The sun went down, and it had been a very good day."""
 
 PLOTS = {
     "lost_and_found": """{When}, {name} could not find {his} {colour} {toy}.
@@ -194,7 +196,7 @@ PLOTS = {
 | "Don't give up," said {his} friend {friend}. "Things are often in the last place you look."
 | {Helper} smiled. "Think, {name}. Where did you play with it last?" {helper_he} asked.
 Then {name} saw something {colour} {spot3}. It was the {toy}!
-| At last, {he} found the {toy} {spot3}. {He} jumped up and down with joy.
+| At last, {name} found the {toy} {spot3}. {He} jumped up and down with joy.
 | Suddenly, {his} friend {friend} shouted, "I see it!" The {toy} was {spot3}.
 ~ {Name} hugged {his} {toy} tight. "Thank you for helping me," {he} said. From then on, {he} always put {his} {toy} away.
 | {Name} learned to take good care of {his} things. And the {colour} {toy} never got lost again.
@@ -242,10 +244,13 @@ To {his} surprise, {fear_truth}. | Soon {name} saw that {fear_truth}. | It was n
 | {Name} saw that {need_short} {need_trouble}. "I have to do something," {he} said.
 ~ {Name} ran to get {helper}. "{Address}, we have to help!" {he} said.
 | "Don't worry," {name} said. "I know what to do." | {Name} thought and thought. Then {he} said, "I have an idea!"
+?{Name} knew {he} had to be very gentle. | It was not easy, but {name} did not give up.
 {Name} {need_help}. | With help from {helper}, {name} {need_help}. | Carefully, {name} {need_help}.
 Soon, {need_result}. | After a while, {need_result}. | It worked! {Need_result}.
+{Name} clapped {his} hands. "We did it!" {he} said. | {Helper} hugged {name}. "You have a kind heart," {helper_he} said.
+| {Name} waved goodbye. "Take care!" {he} called.
 ~ {Name} felt warm and {good_feeling} inside. "Helping is the best feeling," {he} said.
-| That night, {name} told {helper} all about it. "I am proud of you," {helper_he} said. "Kindness matters most."
+| That night, {helper} tucked {name} into bed. "I am proud of you," {helper_he} said. "Kindness matters most."
 | {Name} learned that even a small helper can do a big kindness.""",
     "learning": """{Name} wanted to learn to {skill}. {He} watched the big kids do it every day.
 | {When}, {name} told {helper}, "I want to learn to {skill_my}."
@@ -330,6 +335,8 @@ Then the wind blew {his} hat away! "My hat!" {name} shouted. {Helper} ran and ca
 | {Friend}'s face lit up. "Really? Thank you!" {friend_he} said.
 They played {game} and laughed all day. | Together, they ran, jumped, and played {game}.
 | {Name} showed {friend} {his} {colour} {toy}, and they played with it together.
+"You are fun to play with!" said {friend}. | "This is the best day ever!" {friend} said with a laugh.
+| "Can we play again tomorrow?" asked {friend}. "Yes!" said {name}.
 ?{Name} and {friend} found out they both loved to {hobby}.
 | They shared {a_food} and talked about their favorite colors.
 ~ From that day on, {name} and {friend} were best friends. {Name} learned that a small hello can mean a lot.
@@ -356,6 +363,7 @@ The {toy} had a small crack now, but it worked again. | It did not look brand ne
 | {Name} smiled. The crack made the {toy} special, because it reminded {him} of the day it was fixed.""",
 }
 
+
 def _parse_template_group(text):
     """Turn a template string into paragraphs; a paragraph is a list of beats (tuples of alternatives)."""
     paragraphs = [[]]
@@ -371,6 +379,7 @@ def _parse_template_group(text):
 
 
 OPENING_BEATS = _parse_template_group(OPENINGS)[0]
+CLOSING_BEATS = _parse_template_group(CLOSINGS)[0]
 PLOT_PARAGRAPHS = {name: _parse_template_group(text) for name, text in PLOTS.items()}
 PLOT_NAMES = tuple(sorted(PLOT_PARAGRAPHS))
 SENTENCE_START = re.compile(r'(^|[.!?] +"?|\n|[,:] ")([a-z])')   # also the first word of a quote
@@ -401,12 +410,22 @@ def _make_character(rng, taken_name=None):
     return {"name": name, "kind": kind, "intro": intro, "he": he, "him": him, "his": his}
 
 
+class _Slots(dict):
+    """Template slots where a capitalised key ('{Name}', '{He}') capitalises the value of 'name', 'he'."""
+
+    def __missing__(self, key):
+        if not key[:1].isupper():
+            raise KeyError(key)
+        value = self[key[0].lower() + key[1:]]
+        return value[0].upper() + value[1:]
+
+
 def _story_slots(rng, plot_name):
     """Choose every word a story may need; return them as a dictionary for str.format_map."""
     hero = _make_character(rng)
     friend = _make_character(rng, taken_name=hero["name"])
     helper_noun, address, helper_gender = rng.choice(HELPERS)
-    slots = {key: hero[key] for key in ("name", "kind", "he", "him", "his")}
+    slots = _Slots({key: hero[key] for key in ("name", "kind", "he", "him", "his")})
     slots.update({"hero_intro": hero["intro"], "friend_intro": friend["intro"], "friend_kind": friend["kind"]})
     slots.update({f"friend_{key}": friend[key] for key in ("he", "him", "his")})
     slots.update(friend=friend["name"], helper=f"{hero['his']} {helper_noun}", address=address)
@@ -430,8 +449,6 @@ def _story_slots(rng, plot_name):
     slots.update(trait=rng.choice(TRAITS), hobby=rng.choice(HOBBIES), place=rng.choice(PLACES),
                  outdoors=rng.choice(OUTDOOR_PLACES), game=rng.choice(GAMES), when=rng.choice(WHENS),
                  bad_feeling=rng.choice(BAD_FEELINGS), good_feeling=rng.choice(GOOD_FEELINGS))
-    # "{Name}", "{Helper}", "{He}" ... give the same words with a capital first letter.
-    slots.update({key[0].upper() + key[1:]: value[0].upper() + value[1:] for key, value in slots.items()})
     return slots
 
 
@@ -452,11 +469,12 @@ def _render_paragraph(rng, beats, slots):
 
 
 def _make_story(rng):
-    """Write one story: an opening, then the beats of a randomly chosen plot shape."""
+    """Write one story: an opening, the beats of a randomly chosen plot shape, maybe a closing line."""
     plot_name = rng.choice(PLOT_NAMES)
     slots = _story_slots(rng, plot_name)
     paragraphs = [_render_paragraph(rng, beats, slots) for beats in PLOT_PARAGRAPHS[plot_name]]
     paragraphs[0] = _render_paragraph(rng, OPENING_BEATS, slots) + " " + paragraphs[0]
+    paragraphs[-1] = (paragraphs[-1] + " " + _render_paragraph(rng, CLOSING_BEATS, slots)).strip()
     story = "\n".join(paragraphs)
     return SENTENCE_START.sub(lambda match: match.group(1) + match.group(2).upper(), story)
 
@@ -489,9 +507,9 @@ def _unique_stories(seed, min_chars, excluded=frozenset()):
 @lru_cache(maxsize=None)
 def _cached_split(split):
     """Build one split (tuple, so the cached value cannot be changed by callers)."""
-    train = _unique_stories(TRAIN_SEED, TRAIN_CHARS)
     if split == "train":
-        return train
+        return _unique_stories(TRAIN_SEED, TRAIN_CHARS)
+    train = _cached_split("train")   # built once, shared with the train split
     return _unique_stories(VALIDATION_SEED, VALIDATION_CHARS, excluded=frozenset(train))
 
 

@@ -10,7 +10,10 @@ many token slots every expert of every MoE layer received.
 from __future__ import annotations
 
 import math
+import signal
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -123,13 +126,19 @@ def train_phase(model: nn.Module, data: TokenData, steps: int, lr: float, *, bat
                 weight_decay: float = 0.1, grad_clip: float = 1.0, log_every: int = 10,
                 eval_every: int = 50, eval_batches: int = 8, device="auto", seed: int = 0,
                 phase: int = 1, history: History | None = None, use_aux_loss: bool = True,
-                progress: bool = True, verbose: bool = True) -> History:
+                progress: bool = True, verbose: bool = True, resume: dict | None = None,
+                checkpoint_every: int = 0, on_checkpoint=None) -> History:
     """Train ``model`` for ``steps`` optimiser steps and return the ``History``.
 
     Pass the ``history`` of earlier phases to continue it (steps and tokens
     keep counting).  The validation loss is measured at step 0, every
     ``eval_every`` steps and at the last step.  Seeded: the same seed, model
     and data give the same run on the CPU.
+
+    Checkpoints: every ``checkpoint_every`` steps (and on Ctrl-C) the phase's
+    own state — step, optimiser, random-number states, the running loss window
+    — is handed to ``on_checkpoint(state)``; the caller adds the weights and
+    writes it.  ``resume=state`` continues exactly where that state left off.
     """
     from tqdm.auto import tqdm
 
@@ -137,54 +146,92 @@ def train_phase(model: nn.Module, data: TokenData, steps: int, lr: float, *, bat
         raise ValueError(f"steps and lr must be >= 0, got steps={steps}, lr={lr}")
     device = pick_device(device) if isinstance(device, str) else device
     history = History() if history is None else history
-    start_step, start_tokens = history.global_steps, history.tokens
-    torch.manual_seed(seed)
-    batch_generator = torch.Generator().manual_seed(seed)
     model.to(device).train()
     optimizer = make_optimizer(model, lr, weight_decay)
+    batch_generator = torch.Generator().manual_seed(seed)
+    if resume is None:
+        torch.manual_seed(seed)
+        first_step, window_losses, window_aux, seconds_before = 0, [], [], 0.0
+        phase_start_step, phase_start_tokens = history.global_steps, history.tokens
+    else:
+        optimizer.load_state_dict(resume["optimizer"])
+        batch_generator.set_state(resume["batch_rng"])
+        torch.set_rng_state(resume["torch_rng"])
+        first_step, seconds_before = resume["step"] + 1, resume["seconds"]
+        window_losses, window_aux = list(resume["window_losses"]), list(resume["window_aux"])
+        phase_start_step, phase_start_tokens = resume["phase_start_step"], resume["phase_start_tokens"]
     is_moe = bool(getattr(model, "moe_layers", []))
-    window_losses, window_aux = [], []
     started = time.perf_counter()
-    bar = tqdm(range(steps + 1), desc=f"phase {phase}", disable=not progress, leave=False)
-    for step in bar:
-        if step > 0:   # step 0 only measures the starting point
-            for group in optimizer.param_groups:
-                group["lr"] = lr_at(step - 1, lr, steps, warmup_steps, min_lr_ratio)
-            inputs, targets = data.batch("train", batch_size, seq_len, device, batch_generator)
-            out = model(inputs, targets)
-            objective = out.loss + out.aux_loss if use_aux_loss else out.loss
-            if not torch.isfinite(objective):
-                raise FloatingPointError(f"loss is {objective.item()} at step {step} of phase {phase}")
-            optimizer.zero_grad(set_to_none=True)
-            objective.backward()
-            if grad_clip > 0:
-                nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-            optimizer.step()
-            window_losses.append(out.loss.item())
-            window_aux.append(out.aux_loss.item())
-        is_eval = step % eval_every == 0 or step == steps
-        if step % log_every == 0 or step == steps or is_eval:
-            val_loss = evaluate(model, data, batch_size, seq_len, eval_batches, device) if is_eval else None
-            if not window_losses:   # step 0: the loss of the untrained model on one batch
-                with torch.no_grad():
-                    out = model(*data.batch("train", batch_size, seq_len, device, torch.Generator().manual_seed(seed)))
-                window_losses, window_aux = [out.loss.item()], [out.aux_loss.item()]
-            record = {
-                "phase": phase, "step": step, "global_step": start_step + step,
-                "train_loss": sum(window_losses) / len(window_losses),
-                "val_loss": val_loss,
-                "aux_loss": sum(window_aux) / len(window_aux),
-                "lr": optimizer.param_groups[0]["lr"] if step > 0 else 0.0,
-                "tokens": start_tokens + step * batch_size * seq_len,
-                "seconds": time.perf_counter() - started,
-                "expert_load": expert_loads(model),
-            }
-            history.records.append(record)
-            window_losses, window_aux = [], []
-            if verbose:
-                line = format_log_line(step, record["train_loss"], record["seconds"],
-                                       record["aux_loss"] if is_moe else None, val_loss)
-                (tqdm.write if progress else print)(line)
+    elapsed = lambda: seconds_before + time.perf_counter() - started  # noqa: E731
+
+    def snapshot(step: int) -> dict:
+        return {"step": step, "optimizer": optimizer.state_dict(), "batch_rng": batch_generator.get_state(),
+                "torch_rng": torch.get_rng_state(), "window_losses": list(window_losses),
+                "window_aux": list(window_aux), "seconds": elapsed(),
+                "phase_start_step": phase_start_step, "phase_start_tokens": phase_start_tokens}
+
+    bar = tqdm(range(first_step, steps + 1), desc=f"phase {phase}", disable=not progress, leave=False)
+    with _interrupt_flag(enabled=on_checkpoint is not None) as interrupted:
+        for step in bar:
+            if step > 0:   # step 0 only measures the starting point
+                for group in optimizer.param_groups:
+                    group["lr"] = lr_at(step - 1, lr, steps, warmup_steps, min_lr_ratio)
+                inputs, targets = data.batch("train", batch_size, seq_len, device, batch_generator)
+                out = model(inputs, targets)
+                objective = out.loss + out.aux_loss if use_aux_loss else out.loss
+                if not torch.isfinite(objective):
+                    raise FloatingPointError(f"loss is {objective.item()} at step {step} of phase {phase}")
+                optimizer.zero_grad(set_to_none=True)
+                objective.backward()
+                if grad_clip > 0:
+                    nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+                optimizer.step()
+                window_losses.append(out.loss.item())
+                window_aux.append(out.aux_loss.item())
+            is_eval = step % eval_every == 0 or step == steps
+            if step % log_every == 0 or step == steps or is_eval:
+                if not window_losses:   # step 0: the loss of the untrained model on one batch
+                    with torch.no_grad():
+                        out = model(*data.batch("train", batch_size, seq_len, device,
+                                                torch.Generator().manual_seed(seed)))
+                    window_losses, window_aux = [out.loss.item()], [out.aux_loss.item()]
+                val_loss = evaluate(model, data, batch_size, seq_len, eval_batches, device) if is_eval else None
+                record = {
+                    "phase": phase, "step": step, "global_step": phase_start_step + step,
+                    "train_loss": sum(window_losses) / len(window_losses),
+                    "val_loss": val_loss,
+                    "aux_loss": sum(window_aux) / len(window_aux),
+                    "lr": optimizer.param_groups[0]["lr"] if step > 0 else 0.0,
+                    "tokens": phase_start_tokens + step * batch_size * seq_len,
+                    "seconds": elapsed(),
+                    "expert_load": expert_loads(model),
+                }
+                history.records.append(record)
+                window_losses, window_aux = [], []
+                if verbose:
+                    line = format_log_line(step, record["train_loss"], record["seconds"],
+                                           record["aux_loss"] if is_moe else None, val_loss)
+                    (tqdm.write if progress else print)(line)
+            if on_checkpoint is not None and step < steps and (
+                    interrupted() or (checkpoint_every and step > 0 and step % checkpoint_every == 0)):
+                on_checkpoint(snapshot(step))
+            if interrupted():
+                raise KeyboardInterrupt(f"interrupted at step {step} of phase {phase}; checkpoint written")
     bar.close()
     model.eval()
     return history
+
+
+@contextmanager
+def _interrupt_flag(enabled: bool):
+    """While active, Ctrl-C sets a flag (checked between steps) instead of
+    stopping mid-step, so the checkpoint written on the way out is consistent."""
+    caught = []
+    if not enabled or threading.current_thread() is not threading.main_thread():
+        yield lambda: False
+        return
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield lambda: bool(caught)
+    finally:
+        signal.signal(signal.SIGINT, previous)

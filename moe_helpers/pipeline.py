@@ -1,0 +1,343 @@
+"""The three-phase TinyStories run of the original note, as a command.
+
+    python -m moe_helpers train --preset laptop --out runs/laptop
+
+Phase 1 trains a dense model; ``upcycle`` turns it into an MoE (phase 2);
+``grow`` widens and deepens that MoE ("bilateral growth", phase 3).  Each
+phase prints the note's banner and log lines; each transition measures the
+loss jump on fixed held-out batches and stops the run if it exceeds the
+tolerance (a jump means the growth operator is broken).  Checkpoints are
+written atomically, and ``--resume`` continues from the newest one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+from .accounting import count_parameters, phase_banner
+from .config import ModelConfig, Preset, preset, preset_names
+from .data import prepare_data
+from .growth import grow, preservation_report, upcycle
+from .model import GPT
+from .train import History, evaluate, pick_device, train_phase
+
+PHASE_TITLES = {1: "Phase 1 \u2014 Dense", 2: "Phase 2 \u2014 MoE",
+                3: "Phase 3 \u2014 Large MoE (Bilateral Growth)"}
+DATA_CHOICES = ("auto", "offline", "hub")
+JUMP_TOLERANCE = 1e-3          # the original note: "if it's < 0.001, bilateral growth is working"
+
+
+class RunError(Exception):
+    """A run that cannot start or go on; the message says why and what to do."""
+
+
+class CheckpointError(RunError):
+    pass
+
+
+class JumpError(RunError):
+    pass
+
+
+# ----------------------------------------------------------------- settings
+def configure(preset_name: str = "laptop", *, experts: int | None = None, top_k: int | None = None,
+              width_factor: int | None = None, new_layers: int | None = None, **train_overrides) -> Preset:
+    """The named preset with command-line overrides applied (and validated)."""
+    base = preset(preset_name)
+    changes = {name: value for name, value in dict(num_experts=experts, top_k=top_k, width_factor=width_factor,
+                                                   new_layers=new_layers).items() if value is not None}
+    train_changes = {name: value for name, value in train_overrides.items() if value is not None}
+    chosen = dataclasses.replace(base, train=base.train.replace(**train_changes), **changes)
+    chosen.phase_configs()   # validates experts / top-k / growth factors
+    return chosen
+
+
+def dry_run(chosen: Preset, device: str = "auto") -> list:
+    """Print the three banners from models built on the meta device (no memory, no training)."""
+    counts = []
+    for phase, cfg in enumerate(chosen.phase_configs(), start=1):
+        with torch.device("meta"):
+            model = GPT(cfg)
+        counts.append(count_parameters(model))
+        phase_banner(PHASE_TITLES[phase], counts[-1], chosen.train.steps(phase), chosen.train.lr(phase),
+                     pick_device(device).type)
+    print("(dry run: models built on the meta device; nothing was trained)")
+    return counts
+
+
+# -------------------------------------------------------------- checkpoints
+def _atomic_write(path: Path, write) -> None:
+    """Write through a temporary file in the same folder, then rename over ``path``."""
+    temporary = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    write(temporary)
+    os.replace(temporary, path)
+
+
+def save_checkpoint(path: Path, payload: dict) -> None:
+    _atomic_write(path, lambda target: torch.save(payload, target))
+
+
+def load_checkpoint(path: Path) -> dict:
+    """Read a checkpoint with ``weights_only=True``; a clear error if it is unreadable."""
+    if not path.exists():
+        raise CheckpointError(f"no checkpoint to resume from: {path} does not exist")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise CheckpointError(f"cannot read checkpoint {path}: {type(error).__name__}: {error}") from None
+    missing = {"phase", "completed", "model_config", "model", "history", "summary", "settings"} - set(payload)
+    if missing:
+        raise CheckpointError(f"checkpoint {path} is not a moe-course checkpoint (missing {sorted(missing)})")
+    return payload
+
+
+def _settings(chosen: Preset, data_source: str) -> dict:
+    """What must match between a checkpoint and the run that resumes it."""
+    return {"preset": chosen.name, "data": data_source, "num_experts": chosen.num_experts,
+            "top_k": chosen.top_k, "width_factor": chosen.width_factor, "new_layers": chosen.new_layers,
+            "train": dataclasses.asdict(chosen.train) | {"device": None}}
+
+
+# -------------------------------------------------------------------- run
+class Run:
+    """One three-phase run writing into ``out``."""
+
+    def __init__(self, chosen: Preset, out: Path, data_source: str, device: str, progress: bool = True):
+        self.chosen, self.out, self.progress = chosen, Path(out), progress
+        self.device = pick_device(device)
+        self.configs = chosen.phase_configs()
+        self.checkpoints = self.out / "checkpoints"
+        self.data_source = data_source
+        self.history = History()
+        self.summary: list[dict] = []
+        self.data = None                          # TokenData, prepared once the run starts
+        self.pending_jump: dict | None = None     # the jump into the phase being trained
+
+    # ---- files
+    def _payload(self, model: GPT, phase: int, completed: bool, train_state: dict | None) -> dict:
+        return {"phase": phase, "completed": completed, "model_config": dataclasses.asdict(model.cfg),
+                "model": model.state_dict(), "train_state": train_state, "history": self.history.records,
+                "summary": self.summary, "pending_jump": self.pending_jump,
+                "settings": _settings(self.chosen, self.data_source)}
+
+    def write_checkpoint(self, model: GPT, phase: int, completed: bool, train_state: dict | None = None):
+        payload = self._payload(model, phase, completed, train_state)
+        save_checkpoint(self.checkpoints / "latest.pt", payload)
+        if completed:
+            save_checkpoint(self.checkpoints / f"phase{phase}.pt", payload)
+        self.write_metrics()
+
+    def write_metrics(self) -> None:
+        lines = "".join(json.dumps(record) + "\n" for record in self.history.records)
+        _atomic_write(self.out / "metrics.jsonl", lambda target: target.write_text(lines))
+
+    def write_summary(self, ok: bool) -> dict:
+        report = {"preset": self.chosen.name, "data": self.data.source, "device": self.device.type,
+                  "ok": ok, "phases": self.summary}
+        _atomic_write(self.out / "summary.json", lambda target: target.write_text(json.dumps(report, indent=2)))
+        return report
+
+    def write_plots(self) -> None:
+        import matplotlib
+        matplotlib.use("Agg", force=False)
+        import matplotlib.pyplot as plt
+
+        from .plots import plot_expert_utilisation, plot_phases
+
+        jumps = {entry["phase"]: entry["jump"] for entry in self.summary if entry.get("jump") is not None}
+        ax = plot_phases(self.history, jumps)
+        ax.figure.savefig(self.out / "loss_curve.png", dpi=120, bbox_inches="tight")
+        plt.close(ax.figure)
+        loads = [(f"end of phase {r['phase']}", r["expert_load"]) for r in self._last_records() if r["expert_load"]]
+        if loads:
+            fig, axes = plt.subplots(1, len(loads), figsize=(6 * len(loads), 3.5), squeeze=False)
+            for ax, (title, load) in zip(axes[0], loads):
+                plot_expert_utilisation(load, ax=ax, title=f"Expert utilisation, {title}")
+            fig.savefig(self.out / "expert_utilisation.png", dpi=120, bbox_inches="tight")
+            plt.close(fig)
+
+    def _last_records(self) -> list[dict]:
+        """The last log record of each phase."""
+        return [[r for r in self.history.records if r["phase"] == phase][-1] for phase in self.history.phases]
+
+    # ---- phases
+    def start(self, resume: bool) -> tuple[GPT, int, dict | None]:
+        """The model to train, its phase, and the mid-phase training state (None at a phase start)."""
+        if not resume:
+            torch.manual_seed(self.chosen.train.seed)
+            return GPT(self.configs[0]), 1, None
+        state = load_checkpoint(self.checkpoints / "latest.pt")
+        expected = _settings(self.chosen, self.data_source)
+        if state["settings"] != expected:
+            differing = sorted(k for k in expected if state["settings"].get(k) != expected[k])
+            raise CheckpointError(f"checkpoint {self.checkpoints / 'latest.pt'} was written with other "
+                                  f"settings ({', '.join(differing)}); resume with the same options")
+        model = GPT(ModelConfig(**state["model_config"]))
+        model.load_state_dict(state["model"])
+        self.history, self.summary = History(list(state["history"])), list(state["summary"])
+        self.pending_jump = state.get("pending_jump")
+        print(f"Resuming from {self.checkpoints / 'latest.pt'}: phase {state['phase']}"
+              + (" (completed)" if state["completed"] else f", step {state['train_state']['step']}"))
+        if state["completed"]:
+            return model, state["phase"] + 1, None
+        return model, state["phase"], state["train_state"]
+
+    def transition(self, model: GPT, phase: int) -> GPT:
+        """Upcycle (phase 2) or grow (phase 3), measuring the jump on fixed held-out batches."""
+        chosen, train = self.chosen, self.chosen.train
+        if phase == 2:
+            grown = upcycle(model, chosen.num_experts, chosen.top_k, seed=train.seed)
+        else:
+            grown = grow(model, chosen.width_factor, chosen.new_layers, seed=train.seed)
+        grown.to(self.device)
+        model.to(self.device)
+        loss_before = evaluate(model, self.data, train.batch_size, train.seq_len, train.eval_batches, self.device)
+        loss_after = evaluate(grown, self.data, train.batch_size, train.seq_len, train.eval_batches, self.device)
+        batch = self.data.batch("val", train.batch_size, train.seq_len, self.device, torch.Generator().manual_seed(99))
+        report = preservation_report(model, grown, *batch)
+        jump = loss_after - loss_before
+        ok = abs(jump) < JUMP_TOLERANCE
+        verdict = "\u2713 <" if ok else "\u2717 >="
+        print(f"\n  Phase {phase - 1}\u2192{phase} jump: {abs(jump):.6f}  {verdict} {JUMP_TOLERANCE}"
+              f"   (max |\u0394logits| {report.max_abs_logit_diff:.1e})\n")
+        self.pending_jump = {"jump": jump, "loss_before": loss_before, "loss_after": loss_after,
+                             "max_abs_logit_diff": report.max_abs_logit_diff}
+        if not ok:
+            raise JumpError(f"the phase {phase - 1}\u2192{phase} loss jump {jump:+.6f} exceeds {JUMP_TOLERANCE}: "
+                            "the growth step did not preserve the model's function")
+        return grown
+
+    def train(self, model: GPT, phase: int, train_state: dict | None) -> GPT:
+        train = self.chosen.train
+        counts = count_parameters(model)
+        phase_banner(PHASE_TITLES[phase], counts, train.steps(phase), train.lr(phase), self.device.type)
+        train_phase(model, self.data, train.steps(phase), train.lr(phase), batch_size=train.batch_size,
+                    seq_len=train.seq_len, warmup_steps=train.warmup_steps, min_lr_ratio=train.min_lr_ratio,
+                    weight_decay=train.weight_decay, grad_clip=train.grad_clip, log_every=train.log_every,
+                    eval_every=train.eval_every, eval_batches=train.eval_batches, device=self.device,
+                    seed=train.seed + phase, phase=phase, history=self.history, progress=self.progress,
+                    resume=train_state, checkpoint_every=train.eval_every,
+                    on_checkpoint=lambda state: self.write_checkpoint(model, phase, False, state))
+        records = [r for r in self.history.records if r["phase"] == phase]
+        evaluated = [r for r in records if r["val_loss"] is not None]
+        phase_seconds = records[-1]["seconds"]
+        tokens = train.steps(phase) * train.batch_size * train.seq_len
+        story = self.sample_story(model)
+        (self.out / f"story_phase{phase}.txt").write_text(story + "\n")
+        print(f"\n  Story after phase {phase}:\n  {story[:400]}\n")
+        entry = {"phase": phase, "title": PHASE_TITLES[phase], "total_params": counts.total,
+                 "active_params": counts.active, "steps": train.steps(phase), "lr": train.lr(phase),
+                 "final_train_loss": records[-1]["train_loss"], "final_val_loss": evaluated[-1]["val_loss"],
+                 "tokens_per_second": tokens / max(phase_seconds, 1e-9), "wall_seconds": phase_seconds}
+        entry.update(self.pending_jump or {"jump": None})
+        self.pending_jump = None
+        self.summary.append(entry)
+        self.write_checkpoint(model, phase, completed=True)
+        return model
+
+    def sample_story(self, model: GPT, prompt: str = "Once upon a time", tokens: int = 120) -> str:
+        tokenizer = self.data.tokenizer
+        idx = torch.tensor([tokenizer.encode(prompt)], device=self.device)
+        generator = torch.Generator(device=self.device).manual_seed(self.chosen.train.seed)
+        out = model.generate(idx, tokens, temperature=0.8, top_k=50, generator=generator)[0].tolist()
+        if tokenizer.eot_id in out[idx.shape[1]:]:
+            out = out[:idx.shape[1] + out[idx.shape[1]:].index(tokenizer.eot_id)]
+        return tokenizer.decode(out)
+
+
+def run_pipeline(preset_name: str = "laptop", data: str = "auto", out="runs/laptop", *, resume: bool = False,
+                 device: str = "auto", progress: bool = True, **overrides) -> dict:
+    """Run (or resume) the three phases; returns the summary written to ``out/summary.json``."""
+    chosen = configure(preset_name, **overrides)
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not resume:
+        raise RunError(f"{out} already exists and is not empty; pass --resume to continue it, "
+                       "or choose another --out")
+    if resume and not (out / "checkpoints" / "latest.pt").exists():
+        raise CheckpointError(f"nothing to resume: {out / 'checkpoints' / 'latest.pt'} does not exist")
+    if data not in DATA_CHOICES and not Path(data).exists():
+        raise RunError(f"unknown data source {data!r}: choose {', '.join(DATA_CHOICES)} or an existing file path")
+    run = Run(chosen, out, data, device, progress)
+    model, phase, train_state = run.start(resume)       # reads the checkpoint before anything is written
+    (out / "checkpoints").mkdir(parents=True, exist_ok=True)
+    run.data = prepare_data(data, vocab_size=chosen.model.vocab_size)
+    if run.data.tokenizer.vocab_size > chosen.model.vocab_size:
+        raise RunError(f"the tokenizer has {run.data.tokenizer.vocab_size} tokens, more than the model's "
+                       f"vocab_size {chosen.model.vocab_size}")
+    model.to(run.device)
+    while phase <= 3:
+        if model.cfg != run.configs[phase - 1]:
+            model = run.transition(model, phase)
+        run.train(model, phase, train_state)
+        phase, train_state = phase + 1, None
+    run.write_plots()
+    return run.write_summary(ok=True)
+
+
+# ------------------------------------------------------------------ command
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m moe_helpers", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    train = commands.add_parser("train", help="run the three phases: dense -> MoE -> large MoE",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    train.add_argument("--preset", choices=preset_names(), default="laptop",
+                       help="model and training sizes: tiny (seconds), laptop (minutes on a CPU), "
+                            "seed (the original note's 100 M / 371 M models; a GPU job)")
+    train.add_argument("--data", default="auto",
+                       help="auto (hub if reachable, else offline), offline (generated stand-in), hub, "
+                            "or a path to a TinyStories .txt/.jsonl/.json/.parquet file")
+    for phase, default_lr in ((1, "3e-4"), (2, "1e-4"), (3, "8e-5")):
+        train.add_argument(f"--steps-phase{phase}", type=int, help=f"optimiser steps of phase {phase} "
+                           "(default: the preset's)")
+        train.add_argument(f"--lr-phase{phase}", type=float, help=f"peak learning rate of phase {phase} "
+                           f"(default: the preset's; the original note used {default_lr})")
+    train.add_argument("--log-every", type=int, help="log a line every N steps (default: the preset's)")
+    train.add_argument("--experts", type=int, help="experts per MoE layer in phases 2-3")
+    train.add_argument("--top-k", type=int, help="experts each token is routed to")
+    train.add_argument("--width-factor", type=int, help="phase 3: multiply d_model, heads and FFN widths by this")
+    train.add_argument("--new-layers", type=int, help="phase 3: insert this many identity blocks")
+    train.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto",
+                       help="auto picks CUDA, then Apple MPS, then the CPU")
+    train.add_argument("--out", default=None, help="output folder (default: runs/<preset>)")
+    train.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    train.add_argument("--dry-run", action="store_true",
+                       help="print the three phase banners from meta-device models and exit")
+    train.add_argument("--seed", type=int, help="random seed (default: the preset's)")
+    train.add_argument("--no-progress", action="store_true", help="no progress bars (log lines only)")
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    overrides = dict(experts=args.experts, top_k=args.top_k, width_factor=args.width_factor,
+                     new_layers=args.new_layers, steps_phase1=args.steps_phase1, steps_phase2=args.steps_phase2,
+                     steps_phase3=args.steps_phase3, lr_phase1=args.lr_phase1, lr_phase2=args.lr_phase2,
+                     lr_phase3=args.lr_phase3, log_every=args.log_every, seed=args.seed)
+    out = args.out or f"runs/{args.preset}"
+    try:
+        if args.dry_run:
+            dry_run(configure(args.preset, **overrides), args.device)
+            return 0
+        run_pipeline(args.preset, args.data, out, resume=args.resume, device=args.device,
+                     progress=not args.no_progress, **overrides)
+    except KeyboardInterrupt:
+        print(f"\nInterrupted. A checkpoint is in {out}/checkpoints; continue with --resume.", file=sys.stderr)
+        return 130
+    except FloatingPointError as error:
+        print(f"\nStopped: {error}. The last good checkpoint is kept in {out}/checkpoints.", file=sys.stderr)
+        return 4
+    except JumpError as error:
+        print(f"\nStopped: {error}", file=sys.stderr)
+        return 3
+    except (RunError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"\nDone: metrics, plots, stories, summary and checkpoints are in {out}/")
+    return 0

@@ -1,0 +1,375 @@
+"""Loading stories (local files, the offline corpus, the `auto` fallback), the BPE tokenizer
+and its cache, and token batches."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import torch
+
+from moe_helpers import data as data_module
+from moe_helpers.data import (EOT, LOCAL_FORMATS, cache_dir, get_batch, hub_is_reachable, load_stories,
+                              prepare_data, resolve_source, train_tokenizer)
+from moe_helpers.story_generator import OFFLINE_NOTICE
+
+STORIES = [
+    "Once upon a time, there was a little girl named Lily. She had a red ball.",
+    'One day Tom saw a big dog.\n\n"Can I pet you?" he asked.\n\nThe dog said "Woof!" and they played.',
+    "Zoë found a café by the sea. 🐟 \"Yum!\" she said — and everyone smiled.",
+    "Max was sad because his toy broke. Dad fixed it.\nMax was happy again. The end.",
+]
+ACCEPTED = list(LOCAL_FORMATS)                  # [".txt", ".jsonl", ".json", ".parquet"]
+
+
+# ---------------------------------------------------------------- local files
+def write_stories(path: Path, stories: list[str]) -> Path:
+    """Write ``stories`` in the TinyStories layout that ``path``'s extension stands for."""
+    suffix = path.suffix
+    if suffix == ".txt":
+        path.write_text("".join(f"{story}\n{EOT}\n" for story in stories), encoding="utf-8")
+    elif suffix == ".jsonl":
+        path.write_text("".join(json.dumps({"text": story}) + "\n" for story in stories), encoding="utf-8")
+    elif suffix == ".json":
+        path.write_text(json.dumps([{"text": story} for story in stories]), encoding="utf-8")
+    elif suffix == ".parquet":
+        from datasets import Dataset
+
+        Dataset.from_dict({"text": stories}).to_parquet(str(path))
+    return path
+
+
+@pytest.mark.parametrize("suffix", ACCEPTED)
+def test_every_local_format_loads_the_same_stories(tmp_path, suffix):
+    path = write_stories(tmp_path / f"stories{suffix}", STORIES)
+    assert load_stories(str(path)) == STORIES
+    assert load_stories(path, limit=2) == STORIES[:2]         # a Path works as well as a str
+
+
+def test_txt_without_a_final_separator(tmp_path):
+    path = tmp_path / "stories.txt"
+    path.write_text(f"\n{EOT}\n".join(STORIES), encoding="utf-8")
+    assert load_stories(str(path)) == STORIES
+
+
+def test_missing_file_names_the_path(tmp_path):
+    missing = tmp_path / "no_such_stories.txt"
+    with pytest.raises(FileNotFoundError, match="no_such_stories.txt"):
+        load_stories(str(missing))
+
+
+@pytest.mark.parametrize("suffix", ACCEPTED)
+def test_empty_file_says_what_is_accepted(tmp_path, suffix):
+    path = tmp_path / f"empty{suffix}"
+    path.write_bytes(b"")
+    with pytest.raises(ValueError) as error:
+        load_stories(str(path))
+    message = str(error.value)
+    assert "empty" in message and str(path) in message
+    assert all(accepted in message for accepted in ACCEPTED)
+
+
+@pytest.mark.parametrize("name, content", [
+    ("separators_only.txt", f"{EOT}\n\n{EOT}\n"),
+    ("blank.txt", "   \n\n\t\n"),
+    ("blank_texts.jsonl", json.dumps({"text": ""}) + "\n" + json.dumps({"text": "   "}) + "\n"),
+])
+def test_file_without_stories_is_rejected(tmp_path, name, content):
+    path = tmp_path / name
+    path.write_text(content, encoding="utf-8")
+    with pytest.raises(ValueError) as error:
+        load_stories(str(path))
+    message = str(error.value)
+    assert "no stories" in message and str(path) in message
+
+
+def test_file_without_a_text_field_is_rejected(tmp_path):
+    path = tmp_path / "stories.jsonl"
+    path.write_text(json.dumps({"story": STORIES[0]}) + "\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="'text'") as error:
+        load_stories(str(path))
+    assert "story" in str(error.value)                       # it shows the columns it found
+
+
+def test_unsupported_extension_says_what_is_accepted(tmp_path):
+    path = tmp_path / "stories.csv"
+    path.write_text("text\nOnce upon a time.\n", encoding="utf-8")
+    with pytest.raises(ValueError) as error:
+        load_stories(str(path))
+    message = str(error.value)
+    assert "'.csv'" in message
+    assert all(accepted in message for accepted in ACCEPTED)
+
+
+def test_unknown_source_lists_the_choices():
+    with pytest.raises(ValueError) as error:
+        load_stories("tinystories")
+    assert all(choice in str(error.value) for choice in ("auto", "hub", "offline", ".txt"))
+
+
+@pytest.mark.parametrize("limit", [0, -3, 2.5])
+def test_bad_limit_is_rejected(limit):
+    with pytest.raises(ValueError, match="limit"):
+        load_stories("offline", limit=limit)
+
+
+def test_prepare_data_holds_out_the_end_of_a_local_file(tmp_path):
+    path = write_stories(tmp_path / "stories.jsonl", STORIES * 10)   # 40 stories
+    data = prepare_data(str(path), vocab_size=300, val_fraction=0.1, verbose=False)
+    eot = data.tokenizer.eot_id
+    assert (data.train == eot).sum().item() == 36
+    assert (data.val == eot).sum().item() == 4
+    assert data.source == str(path)
+
+
+# ------------------------------------------------------------ offline corpus
+def test_offline_corpus_is_large_and_validation_is_disjoint():
+    train = load_stories("offline", "train")
+    validation = load_stories("offline", "validation")
+    assert sum(len(story.encode("utf-8")) for story in train) >= 1_000_000
+    assert len(validation) >= 50
+    assert not set(train) & set(validation)
+    assert load_stories("offline", "val") == validation
+    assert len(set(train)) == len(train)                     # no story twice
+    assert "not the real" in OFFLINE_NOTICE
+
+
+def test_offline_corpus_is_the_same_on_every_call():
+    first = load_stories("offline", limit=5)
+    second = load_stories("offline", limit=5)
+    assert first == second and len(first) == 5
+    whole = load_stories("offline")
+    whole[0] = "changed"                                     # callers cannot change the cached corpus
+    assert load_stories("offline")[0] == first[0]
+
+
+def test_bad_split_is_rejected():
+    with pytest.raises(ValueError, match="split"):
+        load_stories("offline", split="test")
+
+
+# ------------------------------------------------------------------ "auto"
+@pytest.mark.parametrize("flag", ["HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"])
+def test_auto_with_an_offline_flag_never_probes(monkeypatch, capsys, flag):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    monkeypatch.setenv(flag, "1")
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("the hub was probed although it is marked offline")
+
+    monkeypatch.setattr(urllib.request, "urlopen", no_network)
+    load_stories("offline", limit=1)                         # build the corpus outside the timing
+    capsys.readouterr()
+    started = time.perf_counter()
+    stories = load_stories("auto", limit=3)
+    elapsed = time.perf_counter() - started
+    assert elapsed < 0.5
+    assert stories == load_stories("offline", limit=3)
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 1
+    assert "offline" in lines[0] and "not the real" in lines[0]
+
+
+def hanging_server():
+    """A local TCP socket that accepts connections but never answers (a hub that hangs)."""
+    server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    return server
+
+
+def test_auto_falls_back_fast_when_the_hub_hangs(monkeypatch, capsys):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    server = hanging_server()
+    host, port = server.getsockname()
+    monkeypatch.setattr(data_module, "HUB_PROBE_URL", f"http://{host}:{port}/api/datasets/roneneldan/TinyStories")
+    load_stories("offline", limit=1)
+    capsys.readouterr()
+    try:
+        started = time.perf_counter()
+        stories = load_stories("auto", limit=3)
+        elapsed = time.perf_counter() - started
+    finally:
+        server.close()
+    assert elapsed < 3.0
+    assert stories == load_stories("offline", limit=3)
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 1 and "offline" in lines[0]
+
+
+def test_auto_decides_within_three_seconds_with_the_real_probe(monkeypatch, capsys):
+    """The real probe of the real hub address: whatever the network does, the decision
+    takes under 3 s and is announced in one line naming the source."""
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    started = time.perf_counter()
+    source = resolve_source("auto")
+    elapsed = time.perf_counter() - started
+    assert elapsed < 3.0
+    assert source in ("hub", "offline")
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 1
+    assert ("hub" in lines[0]) if source == "hub" else ("offline" in lines[0])
+
+
+def test_hub_probe_respects_its_timeout(monkeypatch):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    server = hanging_server()
+    host, port = server.getsockname()
+    monkeypatch.setattr(data_module, "HUB_PROBE_URL", f"http://{host}:{port}/")
+    try:
+        started = time.perf_counter()
+        reachable = hub_is_reachable(timeout=0.5)
+        elapsed = time.perf_counter() - started
+    finally:
+        server.close()
+    assert reachable is False
+    assert elapsed < 1.5
+
+
+# ----------------------------------------------------------------- tokenizer
+ROUND_TRIP_TEXTS = [
+    "Once upon a time, there was a little dog named Spot.",
+    '"Can I play too?" asked Mia.\n\nMom smiled and said, "Yes!"\n',
+    "Zoë ate crème brûlée in Zürich — 🐉🌈 naïve façade, 日本語も。",
+    "  two leading spaces,\ttabs\tand trailing spaces   ",
+    "numbers 0123456789 and symbols #$%&*()[]{}<>",
+    "",
+]
+
+
+@pytest.fixture(scope="module")
+def small_tokenizer(tiny):
+    return tiny.tokenizer
+
+
+@pytest.mark.parametrize("text", ROUND_TRIP_TEXTS, ids=range(len(ROUND_TRIP_TEXTS)))
+def test_tokenizer_round_trip(small_tokenizer, text):
+    ids = small_tokenizer.encode(text)
+    assert all(0 <= i < small_tokenizer.vocab_size for i in ids)
+    assert small_tokenizer.decode(ids) == text
+    assert small_tokenizer.decode(torch.tensor(ids, dtype=torch.long)) == text
+
+
+def test_tokenizer_compresses_story_text(small_tokenizer):
+    text = load_stories("offline", "validation", limit=3)[2]
+    ids = small_tokenizer.encode(text)
+    assert len(ids) < 0.5 * len(text.encode("utf-8"))         # merges learnt: fewer tokens than bytes
+    assert "".join(small_tokenizer.tokens(text)) == text
+
+
+def test_tokenizer_vocab_size_and_separator(tiny, tiny_preset, small_tokenizer):
+    assert small_tokenizer.vocab_size == tiny_preset.model.vocab_size
+    assert small_tokenizer.encode(EOT) == [small_tokenizer.eot_id]
+    stories = load_stories("offline", "train", limit=3)
+    stream = small_tokenizer.encode_stories(stories)
+    assert stream.count(small_tokenizer.eot_id) == 3 and stream[-1] == small_tokenizer.eot_id
+    first_story = stream[:stream.index(small_tokenizer.eot_id)]
+    assert small_tokenizer.decode(first_story) == stories[0]
+    assert tiny.train[:len(first_story)].tolist() == first_story   # the train stream starts with story 0
+
+
+@pytest.mark.parametrize("vocab_size", [300, 400])
+def test_tokenizer_has_the_vocab_size_asked_for(vocab_size):
+    tokenizer = train_tokenizer(STORIES * 20, vocab_size=vocab_size, cache=False)
+    assert tokenizer.vocab_size == vocab_size
+
+
+@pytest.mark.parametrize("vocab_size", [0, 100, 259, 1000.0])
+def test_tokenizer_rejects_too_small_vocabularies(vocab_size):
+    with pytest.raises(ValueError, match="vocab_size"):
+        train_tokenizer(STORIES, vocab_size=vocab_size)
+
+
+def test_tokenizer_cache_is_used_on_the_second_call(monkeypatch):
+    import tokenizers.trainers
+
+    stories = load_stories("offline", "validation", limit=40)
+    assert Path(cache_dir()).resolve() == Path(os.environ["MOE_COURSE_CACHE"]).resolve()
+    before = set(Path(cache_dir()).glob("bpe-*-333.json"))
+    first = train_tokenizer(stories, vocab_size=333)
+    written = set(Path(cache_dir()).glob("bpe-*-333.json")) - before
+    assert len(written) == 1                                 # one file, keyed by corpus and vocab size
+
+    def trainer_must_not_run(*args, **kwargs):
+        raise AssertionError("the tokenizer was trained again instead of loaded from the cache")
+
+    monkeypatch.setattr(tokenizers.trainers, "BpeTrainer", trainer_must_not_run)
+    second = train_tokenizer(stories, vocab_size=333)
+    text = stories[0]
+    assert second.encode(text) == first.encode(text)
+    assert second.vocab_size == 333
+    with pytest.raises(AssertionError, match="trained again"):   # other corpus: a new tokenizer
+        train_tokenizer(stories[:-1], vocab_size=333)
+    with pytest.raises(AssertionError, match="trained again"):   # other vocab size: a new tokenizer
+        train_tokenizer(stories, vocab_size=334)
+
+
+def test_tokenizer_cache_off_writes_nothing():
+    before = set(Path(cache_dir()).iterdir())
+    train_tokenizer(STORIES * 5, vocab_size=290, cache=False)
+    assert set(Path(cache_dir()).iterdir()) == before
+
+
+# --------------------------------------------------------------------- batches
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_get_batch_shapes_shift_and_device(device):
+    tokens = torch.arange(1000, dtype=torch.long)
+    generator = torch.Generator().manual_seed(0)
+    inputs, targets = get_batch(tokens, batch_size=5, seq_len=16, device=device, generator=generator)
+    assert inputs.shape == targets.shape == (5, 16)
+    assert inputs.dtype == targets.dtype == torch.long
+    assert inputs.device.type == targets.device.type == device
+    assert torch.equal(targets, inputs + 1)                   # tokens are consecutive ids here
+    steps = inputs[:, 1:] - inputs[:, :-1]
+    assert torch.equal(steps, torch.ones_like(steps))         # each row is one contiguous window
+    assert inputs.min() >= 0 and targets.max() <= 999
+
+
+def test_get_batch_on_real_tokens_targets_are_inputs_shifted(tiny):
+    inputs, targets = tiny.batch("train", 4, 32, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(targets[:, :-1], inputs[:, 1:])
+    for row in range(4):                                      # each row is a window of the train stream
+        window = torch.cat([inputs[row], targets[row, -1:]])
+        starts = (tiny.train.unfold(0, 33, 1) == window).all(dim=1).nonzero()
+        assert len(starts) >= 1
+
+
+def test_get_batch_is_reproducible_with_a_seeded_generator(tiny):
+    batch = lambda seed: tiny.batch("val", 8, 32, generator=torch.Generator().manual_seed(seed))  # noqa: E731
+    first, again, other = batch(3), batch(3), batch(4)
+    assert torch.equal(first[0], again[0]) and torch.equal(first[1], again[1])
+    assert not torch.equal(first[0], other[0])
+
+
+def test_get_batch_reaches_every_window_and_refuses_short_streams():
+    tokens = torch.arange(10)
+    generator = torch.Generator().manual_seed(0)
+    inputs, targets = get_batch(tokens, batch_size=200, seq_len=9, generator=generator)
+    assert torch.equal(inputs, tokens[:9].expand(200, 9))     # exactly one window fits
+    assert torch.equal(targets, tokens[1:].expand(200, 9))
+    inputs, _ = get_batch(torch.arange(12), batch_size=200, seq_len=9, generator=generator)
+    assert set(inputs[:, 0].tolist()) == {0, 1, 2}            # starts 0..2: the last window too
+    with pytest.raises(ValueError, match="seq_len"):
+        get_batch(tokens, batch_size=1, seq_len=10)
+
+
+def test_prepared_offline_data(tiny, tiny_preset, tiny_story_limit):
+    assert tiny.source == "offline"
+    assert tiny.train.dtype == tiny.val.dtype == torch.long and tiny.train.dim() == tiny.val.dim() == 1
+    assert 10 < tiny.train.numel() / tiny.val.numel() < 40    # validation: 5% of the stories
+    assert int(tiny.train.max()) < tiny_preset.model.vocab_size
+    eot = tiny.tokenizer.eot_id
+    assert (tiny.train == eot).sum().item() == tiny_story_limit
+    assert (tiny.val == eot).sum().item() == int(tiny_story_limit * 0.05)

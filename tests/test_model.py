@@ -1,0 +1,259 @@
+"""The decoder: shapes, loss, causality, generation, aux loss, tied embeddings, and a
+float64 comparison with an independent reference implementation written here."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from moe_helpers.config import ModelConfig
+from moe_helpers.model import GPT
+
+
+def build(cfg: ModelConfig, seed: int = 0) -> GPT:
+    torch.manual_seed(seed)
+    return GPT(cfg).eval()
+
+
+@pytest.fixture(params=["dense", "moe", "gqa", "moe_shared_first_dense"])
+def any_config(request, tiny_dense_config, tiny_moe_config, tiny_gqa_config):
+    return {
+        "dense": tiny_dense_config,
+        "moe": tiny_moe_config,
+        "gqa": tiny_gqa_config,
+        "moe_shared_first_dense": tiny_moe_config.replace(n_kv_heads=1, num_shared_experts=1,
+                                                          shared_d_ff=16, first_k_dense=1, dense_d_ff=40),
+    }[request.param]
+
+
+# ------------------------------------------------------------------ forward
+def test_logits_shape_and_no_loss_without_targets(any_config, token_ids):
+    out = build(any_config)(token_ids)
+    assert out.logits.shape == (2, 12, any_config.vocab_size)
+    assert out.logits.dtype == torch.float32
+    assert out.loss is None
+    assert out.aux_loss.shape == ()
+
+
+def test_loss_is_the_mean_next_token_cross_entropy(any_config, token_ids):
+    model = build(any_config)
+    targets = token_ids.roll(-1, dims=1)
+    out = model(token_ids, targets)
+    by_hand = F.cross_entropy(out.logits.reshape(-1, any_config.vocab_size), targets.reshape(-1))
+    torch.testing.assert_close(out.loss, by_hand, rtol=0, atol=1e-6)
+    # an untrained model is close to uniform: loss near ln(vocab_size)
+    assert abs(out.loss.item() - math.log(any_config.vocab_size)) < 0.1
+
+
+def test_model_is_causal(any_config, token_ids):
+    """Changing the token at position p leaves the logits of positions < p unchanged."""
+    model = build(any_config)
+    logits = model(token_ids).logits
+    for position in (1, 5, 11):
+        changed = token_ids.clone()
+        changed[:, position] = (changed[:, position] + 7) % any_config.vocab_size
+        changed_logits = model(changed).logits
+        torch.testing.assert_close(changed_logits[:, :position], logits[:, :position], rtol=0, atol=1e-6)
+        assert (changed_logits[:, position:] - logits[:, position:]).abs().max() > 1e-4   # the test can see changes
+
+
+def test_sequence_longer_than_max_seq_len_is_rejected(tiny_dense_config):
+    model = build(tiny_dense_config)
+    too_long = torch.zeros(1, tiny_dense_config.max_seq_len + 1, dtype=torch.long)
+    with pytest.raises(ValueError, match="max_seq_len"):
+        model(too_long)
+    assert model(too_long[:, :-1]).logits.shape == (1, tiny_dense_config.max_seq_len, 64)
+
+
+def test_aux_loss_is_zero_for_dense_and_positive_for_moe(tiny_dense_config, tiny_moe_config, token_ids):
+    assert build(tiny_dense_config)(token_ids).aux_loss.item() == 0.0
+    moe = build(tiny_moe_config)
+    aux = moe(token_ids).aux_loss
+    assert aux.item() > 0
+    assert aux.requires_grad                                  # it trains the routers
+    # with near-uniform routers the balance loss is about 1 per layer, weighted by aux_loss_coef
+    per_layer = tiny_moe_config.aux_loss_coef * 1.0 + tiny_moe_config.z_loss_coef * math.log(4) ** 2
+    assert aux.item() == pytest.approx(tiny_moe_config.n_layers * per_layer, rel=0.3)
+
+
+def test_blocks_hold_the_feed_forward_the_config_asks_for(tiny_moe_config):
+    cfg = tiny_moe_config.replace(n_layers=3, first_k_dense=1)
+    model = build(cfg)
+    assert [block.is_moe for block in model.layers] == [False, True, True]
+    assert len(model.moe_layers) == cfg.num_moe_layers == 2
+    assert all(len(layer.experts) == 4 for layer in model.moe_layers)
+    assert build(cfg.replace(num_experts=0, first_k_dense=0)).moe_layers == []
+
+
+def test_tied_embeddings_share_one_tensor(tiny_dense_config, token_ids):
+    tied = build(tiny_dense_config.replace(tie_embeddings=True))
+    assert tied.lm_head.weight is tied.tok_embeddings.weight
+    untied = build(tiny_dense_config)
+    assert untied.lm_head.weight.data_ptr() != untied.tok_embeddings.weight.data_ptr()
+    count = lambda model: sum(p.numel() for p in model.parameters())  # noqa: E731
+    assert count(untied) - count(tied) == 64 * 32             # one vocab x d_model matrix fewer
+    tied(token_ids, token_ids).loss.backward()                # both uses add to the one gradient
+    assert tied.tok_embeddings.weight.grad is tied.lm_head.weight.grad
+
+
+def test_no_biases_and_llama_weight_names(tiny_moe_config):
+    names = dict(build(tiny_moe_config).named_parameters())
+    assert not [name for name in names if name.endswith("bias")]
+    for suffix in ("attention.wq.weight", "attention.wk.weight", "attention.wv.weight", "attention.wo.weight",
+                   "ffn.router.weight", "ffn.experts.3.w1.weight", "ffn.experts.3.w2.weight",
+                   "ffn.experts.3.w3.weight", "attention_norm.weight", "ffn_norm.weight"):
+        assert f"layers.1.{suffix}" in names
+
+
+# ----------------------------------------------------------------- generate
+def test_generate_returns_valid_ids_of_the_right_length(any_config):
+    model = build(any_config).train()
+    prompt = torch.tensor([[1, 2, 3], [4, 5, 6]])
+    generator = torch.Generator().manual_seed(0)
+    out = model.generate(prompt, max_new_tokens=9, generator=generator)
+    assert out.shape == (2, 12) and out.dtype == torch.long
+    assert torch.equal(out[:, :3], prompt)
+    assert out.min() >= 0 and out.max() < any_config.vocab_size
+    assert model.training                                     # generate restores the mode it found
+
+
+def test_greedy_generation_is_deterministic_and_takes_the_argmax(tiny_dense_config):
+    model = build(tiny_dense_config)
+    prompt = torch.tensor([[1, 2, 3]])
+    first = model.generate(prompt, max_new_tokens=6, temperature=0)
+    assert torch.equal(first, model.generate(prompt, max_new_tokens=6, temperature=0))
+    by_hand = prompt
+    for _ in range(6):
+        next_token = model(by_hand).logits[:, -1].argmax(dim=-1, keepdim=True)
+        by_hand = torch.cat([by_hand, next_token], dim=1)
+    assert torch.equal(first, by_hand)
+    top_1 = model.generate(prompt, max_new_tokens=6, temperature=1.0, top_k=1,
+                           generator=torch.Generator().manual_seed(5))
+    assert torch.equal(top_1, first)                          # top_k=1 sampling is greedy
+
+
+def test_top_k_sampling_only_picks_among_the_k_best(tiny_dense_config):
+    model = build(tiny_dense_config)
+    prompt = torch.tensor([[7, 8]]).repeat(16, 1)
+    out = model.generate(prompt, max_new_tokens=5, temperature=2.0, top_k=3,
+                         generator=torch.Generator().manual_seed(1))
+    logits = model(out[:, :-1]).logits                          # (16, 6, V): position t predicts t + 1
+    for position in range(1, out.shape[1] - 1):
+        best_three = logits[:, position].topk(3, dim=-1).indices   # (16, 3)
+        assert (best_three == out[:, position + 1, None]).any(dim=-1).all()
+    assert len(set(out[:, 2].tolist())) > 1                   # at temperature 2 the rows differ
+
+
+def test_sampling_is_reproducible_with_a_seeded_generator(tiny_dense_config):
+    model = build(tiny_dense_config)
+    prompt = torch.tensor([[1, 2, 3]]).repeat(4, 1)
+    sample = lambda seed: model.generate(prompt, 8, generator=torch.Generator().manual_seed(seed))  # noqa: E731
+    assert torch.equal(sample(0), sample(0))
+    assert not torch.equal(sample(0), sample(1))
+
+
+def test_generate_crops_the_context_to_max_seq_len(tiny_dense_config):
+    model = build(tiny_dense_config)
+    prompt = torch.arange(tiny_dense_config.max_seq_len).remainder(64)[None]   # (1, 16): full context
+    out = model.generate(prompt, max_new_tokens=4, temperature=0)
+    assert out.shape == (1, tiny_dense_config.max_seq_len + 4)
+    last_window = out[:, -1 - tiny_dense_config.max_seq_len:-1]
+    assert out[0, -1] == model(last_window).logits[0, -1].argmax()
+
+
+@pytest.mark.parametrize("kwargs, field", [(dict(max_new_tokens=-1), "max_new_tokens"),
+                                           (dict(max_new_tokens=2, temperature=-0.5), "temperature")])
+def test_generate_rejects_bad_arguments(tiny_dense_config, kwargs, field):
+    with pytest.raises(ValueError, match=field):
+        build(tiny_dense_config).generate(torch.tensor([[1]]), **kwargs)
+
+
+# ---------------------------------------------- reference implementation
+# Written independently of moe_helpers.layers, from the papers, in float64.
+
+def reference_rms_norm(x, gain, eps):
+    """RMSNorm (Zhang & Sennrich 2019): x / sqrt(mean(x^2) + eps) * g."""
+    return x / torch.sqrt((x * x).mean(dim=-1, keepdim=True) + eps) * gain
+
+
+def reference_rope(x, theta):
+    """Rotate-half RoPE (Su et al. 2021, as laid out in Llama): for i < hd/2 the pair
+    (x_i, x_{i + hd/2}) at position m turns by the angle m * theta^(-2i / hd)."""
+    _, _, T, head_dim = x.shape
+    half = head_dim // 2
+    out = torch.empty_like(x)
+    for m in range(T):
+        for i in range(half):
+            angle = m * theta ** (-2.0 * i / head_dim)
+            c, s = math.cos(angle), math.sin(angle)
+            first, second = x[:, :, m, i], x[:, :, m, i + half]
+            out[:, :, m, i] = first * c - second * s
+            out[:, :, m, i + half] = first * s + second * c
+    return out
+
+
+def reference_attention(x, layer, cfg):
+    """Causal grouped-query attention with an explicit mask and softmax."""
+    B, T, _ = x.shape
+    hd, H, Hkv = cfg.head_size, cfg.n_heads, cfg.kv_heads
+    q = (x @ layer.wq.weight.T).view(B, T, H, hd).transpose(1, 2)
+    k = (x @ layer.wk.weight.T).view(B, T, Hkv, hd).transpose(1, 2)
+    v = (x @ layer.wv.weight.T).view(B, T, Hkv, hd).transpose(1, 2)
+    q, k = reference_rope(q, cfg.rope_theta), reference_rope(k, cfg.rope_theta)
+    heads = []
+    for h in range(H):
+        kv = h // (H // Hkv)                                  # the key/value head of query head h
+        scores = q[:, h] @ k[:, kv].transpose(-1, -2) / math.sqrt(hd)
+        future = torch.triu(torch.ones(T, T, dtype=torch.bool), diagonal=1)
+        weights = scores.masked_fill(future, float("-inf")).softmax(dim=-1)
+        heads.append(weights @ v[:, kv])
+    return torch.cat(heads, dim=-1) @ layer.wo.weight.T
+
+
+def reference_swiglu(x, ffn):
+    """SwiGLU (Shazeer 2020): W2 (SiLU(W1 x) * W3 x), SiLU(a) = a * sigmoid(a)."""
+    gate = x @ ffn.w1.weight.T
+    return (gate * torch.sigmoid(gate) * (x @ ffn.w3.weight.T)) @ ffn.w2.weight.T
+
+
+def reference_moe(x, moe, top_k):
+    """Softmax over all experts, top-k, weights renormalised to sum to 1 (Mixtral)."""
+    tokens = x.reshape(-1, x.shape[-1])
+    probs = (tokens @ moe.router.weight.T).softmax(dim=-1)
+    out = torch.zeros_like(tokens)
+    for n in range(tokens.shape[0]):
+        chosen = probs[n].argsort(descending=True)[:top_k]
+        weights = probs[n, chosen] / probs[n, chosen].sum()
+        for weight, expert in zip(weights, chosen.tolist()):
+            out[n] += weight * reference_swiglu(tokens[n], moe.experts[expert])
+    return out.view_as(x)
+
+
+def reference_forward(model, idx):
+    cfg = model.cfg
+    x = model.tok_embeddings.weight[idx]
+    for block in model.layers:
+        x = x + reference_attention(reference_rms_norm(x, block.attention_norm.weight, cfg.norm_eps),
+                                    block.attention, cfg)
+        normed = reference_rms_norm(x, block.ffn_norm.weight, cfg.norm_eps)
+        x = x + (reference_moe(normed, block.ffn, cfg.top_k) if block.is_moe else reference_swiglu(normed, block.ffn))
+    return reference_rms_norm(x, model.norm.weight, cfg.norm_eps) @ model.lm_head.weight.T
+
+
+@pytest.mark.parametrize("kind", ["dense", "gqa", "moe"])
+def test_gpt_matches_an_independent_reference_in_float64(kind, tiny_dense_config, tiny_gqa_config,
+                                                         tiny_moe_config, token_ids):
+    cfg = {"dense": tiny_dense_config, "gqa": tiny_gqa_config, "moe": tiny_moe_config}[kind]
+    model = build(cfg).double()
+    with torch.no_grad():                                     # non-trivial gains, so norms are checked too
+        for name, param in model.named_parameters():
+            if name.endswith("norm.weight"):
+                param.uniform_(0.5, 1.5)
+        logits = model(token_ids).logits
+        expected = reference_forward(model, token_ids)
+    assert logits.dtype == torch.float64
+    assert expected.abs().max() > 0.1                         # the comparison is not between zeros
+    torch.testing.assert_close(logits, expected, rtol=0, atol=1e-10)
