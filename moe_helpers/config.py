@@ -19,6 +19,7 @@ The three phases of the course are three configs derived from one another:
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 
 
@@ -253,7 +254,7 @@ class TrainConfig:
             _require_non_negative(name, getattr(self, name))
         _require(0.0 <= self.min_lr_ratio <= 1.0, f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         _require(
-            self.device in ("auto", "cpu", "cuda", "mps") or self.device.startswith("cuda:"),
+            isinstance(self.device, str) and re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device) is not None,
             f"device must be one of auto, cpu, cuda, cuda:N, mps; got {self.device!r}",
         )
 

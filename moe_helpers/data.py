@@ -98,7 +98,7 @@ def _load_hub(split: str, limit: int | None) -> list[str]:
 
 def _load_local(path: Path) -> list[str]:
     """Stories from a local TinyStories file, through ``datasets``' local loaders."""
-    from datasets import load_dataset
+    import datasets
 
     if not path.exists():
         raise FileNotFoundError(f"no such TinyStories file: {path}")
@@ -110,7 +110,16 @@ def _load_local(path: Path) -> list[str]:
         raise ValueError(f"{path} is empty; expected stories ({', '.join(LOCAL_FORMATS)})")
     builder = LOCAL_FORMATS[suffix]
     options = {"sample_by": "document"} if builder == "text" else {}
-    table = load_dataset(builder, data_files=str(path), split="train", **options)
+    bars_were_on = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    try:
+        table = datasets.load_dataset(builder, data_files=str(path), split="train", **options)
+    except Exception as error:
+        raise ValueError(f"{path} could not be read as {builder} ({type(error).__name__}); "
+                         f"accepted: {', '.join(LOCAL_FORMATS)}") from error
+    finally:
+        if bars_were_on:
+            datasets.enable_progress_bars()
     if "text" not in table.column_names:
         raise ValueError(f"{path} has no 'text' field (columns: {table.column_names}); "
                          "a .jsonl/.json/.parquet file needs one story per row in 'text'")
@@ -119,7 +128,8 @@ def _load_local(path: Path) -> list[str]:
         texts = [story for document in texts for story in document.split(EOT)]
     stories = _clean(texts)
     if not stories:
-        raise ValueError(f"{path} holds no stories; stories are separated by {EOT} in .txt files")
+        hint = f"separate stories with {EOT}" if builder == "text" else "put one story per row in 'text'"
+        raise ValueError(f"{path} holds no stories; {hint}")
     return stories
 
 

@@ -39,17 +39,18 @@ class RMSNorm(nn.Module):
         return self.weight * (x * inverse_rms).to(input_dtype)
 
 
-def rope_frequencies(head_dim: int, max_seq_len: int, theta: float = 10000.0):
+def rope_frequencies(head_dim: int, max_seq_len: int, theta: float = 10000.0,
+                     dtype: torch.dtype = torch.float32):
     """cos and sin tables of rotary position embeddings (Su et al. 2021, eq. 15).
 
     Pair ``(i, i + head_dim/2)`` of a head rotates by angle ``pos * theta^(-2i/head_dim)``.
-    Returns two tensors of shape ``(max_seq_len, head_dim)``.
+    Returns two tensors of shape ``(max_seq_len, head_dim)`` in ``dtype``.
     """
     inverse_freq = theta ** (-torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)  # (hd/2,)
     positions = torch.arange(max_seq_len, dtype=torch.float64)
     angles = torch.outer(positions, inverse_freq)                                # (T, hd/2)
     angles = torch.cat([angles, angles], dim=-1)                                 # (T, hd)
-    return angles.cos().float(), angles.sin().float()
+    return angles.cos().to(dtype), angles.sin().to(dtype)
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -74,7 +75,7 @@ class Attention(nn.Module):
                  max_seq_len: int, rope_theta: float = 10000.0, dropout: float = 0.0):
         super().__init__()
         self.n_heads, self.n_kv_heads, self.head_dim = n_heads, n_kv_heads, head_dim
-        self.dropout = dropout
+        self.dropout, self.rope_theta = dropout, rope_theta
         self.wq = nn.Linear(d_model, n_heads * head_dim, bias=False)
         self.wk = nn.Linear(d_model, n_kv_heads * head_dim, bias=False)
         self.wv = nn.Linear(d_model, n_kv_heads * head_dim, bias=False)
@@ -83,13 +84,22 @@ class Attention(nn.Module):
         self.register_buffer("rope_cos", cos, persistent=False)                  # (T_max, hd)
         self.register_buffer("rope_sin", sin, persistent=False)
 
+    def rope_tables(self, T: int, x: torch.Tensor):
+        """cos and sin of the first ``T`` positions in ``x``'s dtype.
+
+        The buffers are float32 (MPS has no float64); for float64 inputs the
+        tables are recomputed in float64, so float64 checks are exact."""
+        if x.dtype == torch.float64:
+            cos, sin = rope_frequencies(self.head_dim, T, self.rope_theta, dtype=torch.float64)
+            return cos.to(x.device), sin.to(x.device)
+        return self.rope_cos[:T].to(x.dtype), self.rope_sin[:T].to(x.dtype)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, T, _ = x.shape                                                        # (B, T, d_model)
         q = self.wq(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)    # (B, H, T, hd)
         k = self.wk(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, T, hd)
         v = self.wv(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, T, hd)
-        cos = self.rope_cos[:T].to(x.dtype)
-        sin = self.rope_sin[:T].to(x.dtype)
+        cos, sin = self.rope_tables(T, x)                                        # (T, hd) each
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         group = self.n_heads // self.n_kv_heads
         k = k.repeat_interleave(group, dim=1)                                    # (B, H, T, hd)
