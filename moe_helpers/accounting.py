@@ -120,7 +120,8 @@ def count_from_config(cfg: ModelConfig) -> ParameterCounts:
         "shared_experts": moe_layers * cfg.num_shared_experts * swiglu_size(d, cfg.shared_hidden),
         "dense_ffn": dense_layers * swiglu_size(d, cfg.dense_hidden),
     }
-    return _counts(by_part, swiglu_size(d, cfg.d_ff), cfg.num_experts, cfg.top_k, moe_layers)
+    num_experts = cfg.num_experts if moe_layers else 0   # first_k_dense == n_layers: no MoE block at all
+    return _counts(by_part, swiglu_size(d, cfg.d_ff), num_experts, cfg.top_k, moe_layers)
 
 
 @dataclass(frozen=True)
@@ -136,7 +137,7 @@ def flops_per_token(cfg: ModelConfig, seq_len: int) -> Flops:
         training = 3 * forward
 
     ``N_active_matmul`` is the active parameters without the embedding lookup
-    (each weight does one multiply and one add).  The second term is the
+    and the norm gains (each remaining weight does one multiply and one add).  The second term is the
     attention scores and their weighted sum, counted over the full context
     (no discount for the causal mask).
     """
@@ -171,13 +172,15 @@ def memory_bytes(cfg: ModelConfig, dtype=torch.float32, optimizer: str | None = 
 
     An MoE pays for *all* its parameters here, active or not.  Optimiser states
     are kept in float32 (AdamW: first and second moments).  ``optimizer=None``
-    means inference: weights only.  Activations are not included.
+    means inference: weights only.  Not included: activations, and the float32
+    master copy of the weights that mixed-precision training usually keeps
+    (another 4 bytes per parameter).
     """
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype, None)
-    if dtype not in _BYTES:
+    if not isinstance(dtype, torch.dtype) or dtype not in _BYTES:
         raise ValueError(f"dtype must be one of {[str(t) for t in _BYTES]}, got {dtype}")
-    if optimizer is not None and optimizer not in _OPTIMIZER_STATES:
+    if optimizer is not None and (not isinstance(optimizer, str) or optimizer not in _OPTIMIZER_STATES):
         raise ValueError(f"optimizer must be one of {list(_OPTIMIZER_STATES)} or None, got {optimizer!r}")
     total = count_from_config(cfg).total
     if optimizer is None:

@@ -45,6 +45,7 @@ GRID = {
     "moe_shared": ModelConfig(**BASE, num_experts=4, top_k=2, num_shared_experts=2, shared_d_ff=24),
     "moe_shared_default_size": ModelConfig(**BASE, num_experts=4, top_k=1, num_shared_experts=1),
     "moe_first_dense": ModelConfig(**BASE, num_experts=4, top_k=2, first_k_dense=1, dense_d_ff=80),
+    "moe_all_blocks_dense": ModelConfig(**BASE, num_experts=4, top_k=2, first_k_dense=3),
     "moe_everything": ModelConfig(**BASE, num_experts=6, top_k=2, n_kv_heads=1, head_dim=10,
                                   num_shared_experts=1, shared_d_ff=20, first_k_dense=2,
                                   dense_d_ff=64, tie_embeddings=True),

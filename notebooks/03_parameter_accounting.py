@@ -1,0 +1,604 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 03 · Parameter accounting
+#
+# An MoE stores many experts but runs only a few of them for each token. This notebook
+# counts exactly what that means.
+#
+# In this notebook you will:
+#
+# - count the parameters of the course's `laptop` model by hand, then check your count against the model's modules;
+# - derive the original note's formulas (`inactive = expert_params × (E − k) × blocks`, active, efficiency)
+#   and check them on a real MoE, including shared experts and leading dense blocks;
+# - reproduce the note's phase banners with the `seed` preset, and test whether any model
+#   gives the note's phase-3 banner;
+# - count FLOPs per token and memory, and see why an MoE needs the memory of its *total*
+#   parameters but only the compute of its *active* ones;
+# - put eight published MoE LLMs (Mixtral, OLMoE, Qwen, DeepSeekMoE, Phi, GPT-OSS) next to their
+#   published parameter counts;
+# - explore any configuration with a parameter calculator.
+#
+# Expected run time on a laptop CPU: under a minute (no training; only small models are built).
+
+# %%
+# Setup: import the course helpers (installed by `make`, or found one folder up in a clone / Colab).
+try:
+    import moe_helpers
+except ImportError:
+    import sys, pathlib
+    sys.path.insert(0, str(pathlib.Path.cwd().parent))
+    import moe_helpers
+import torch
+import matplotlib.pyplot as plt
+from moe_helpers.train import pick_device
+device = pick_device()
+print("device:", device)
+
+# %% [markdown]
+# ### Scale up on a GPU
+
+# %%
+SCALE_UP = False  # True: also build the seed preset's 372 M-parameter MoE (about 1.5 GB in float32)
+                  # and count it module by module, and count FLOPs for a 2048-token context.
+
+SEQ_LEN = 2048 if SCALE_UP else 256      # context length for the FLOP counts
+
+# %%
+from moe_helpers.accounting import (count_from_config, count_parameters, flops_per_token,
+                                    memory_bytes, phase_banner)
+from moe_helpers.config import ModelConfig, preset
+from moe_helpers.model import GPT
+
+# %% [markdown]
+# ## 1. Counting the `laptop` model by hand
+#
+# The `laptop` preset is a dense decoder: vocabulary $V = 2048$, width $d = 128$, $L = 4$ blocks,
+# 4 heads of width 32 (so all heads together are $d$ wide), SwiGLU hidden size $d_{ff} = 384$,
+# untied embeddings, no biases. Every weight matrix is a `Linear(in, out)` with `in × out`
+# parameters:
+#
+# | part | formula | laptop |
+# | --- | --- | ---: |
+# | token embedding | $V \cdot d$ | 2048 · 128 = 262,144 |
+# | LM head (untied) | $V \cdot d$ | 262,144 |
+# | attention: `wq`, `wk`, `wv`, `wo`, each $d \times d$ | $L \cdot 4 d^2$ | 4 · 4 · 128² = 262,144 |
+# | SwiGLU FFN: `w1`, `w3` ($d \times d_{ff}$), `w2` ($d_{ff} \times d$) | $L \cdot 3\, d\, d_{ff}$ | 4 · 3 · 128 · 384 = 589,824 |
+# | RMSNorm gains: two per block and a final one | $(2L + 1)\, d$ | 9 · 128 = 1,152 |
+# | **total** | | **1,377,408** |
+#
+# Rotary position embeddings have no parameters, so the context length changes nothing here.
+# Now the same count as code, and then measured on the modules of a real model.
+
+# %%
+def count_by_hand(cfg: ModelConfig) -> dict:
+    """Parameters of a dense, untied model with d_model = n_heads * head_dim, part by part."""
+    d, layers, vocab = cfg.d_model, cfg.n_layers, cfg.vocab_size
+    return {
+        "embedding": vocab * d,
+        "lm_head": vocab * d,
+        "attention": layers * 4 * d * d,
+        "dense_ffn": layers * 3 * d * cfg.d_ff,
+        "norms": (2 * layers + 1) * d,
+    }
+
+
+laptop = preset("laptop").model
+by_hand = count_by_hand(laptop)
+laptop_model = GPT(laptop)
+measured = count_parameters(laptop_model)
+
+for part, count in by_hand.items():
+    print(f"{part:<10} by hand {count:>9,}   measured {measured.by_part[part]:>9,}")
+    assert count == measured.by_part[part]
+print(f"{'total':<10} by hand {sum(by_hand.values()):>9,}   measured {measured.total:>9,}")
+assert sum(by_hand.values()) == measured.total == 1_377_408
+assert count_from_config(laptop) == measured          # the formula, without building anything
+
+# %% [markdown]
+# Where did the measured numbers come from? `count_parameters` walks `model.named_parameters()`
+# and sorts each tensor into a part by its name. Here are the tensors of the first block:
+
+# %%
+for name, param in laptop_model.named_parameters():
+    if name.startswith("layers.0."):
+        print(f"{name:<32} {str(tuple(param.shape)):<12} {param.numel():>7,}")
+
+# %% [markdown]
+# ## 2. The MoE: total, active, inactive
+#
+# Sparse upcycling (notebook 04) turns every block's FFN into $E$ copies ("experts") plus a
+# router `Linear(d, E)`. With $P = 3\, d\, d_{ff}$ parameters per expert and $B$ MoE blocks:
+#
+# - **total**: each MoE block stores $E \cdot P + d \cdot E$ instead of $P$;
+# - each token runs through only $k$ experts of each block, so $E - k$ experts, $P$ parameters
+#   each, sit **idle** for it:
+#   $$\text{inactive} = P \cdot (E - k) \cdot B, \qquad \text{experts idle} = (E - k) \cdot B$$
+# - everything else (embedding, attention, norms, the router, the $k$ chosen experts, the LM head)
+#   is used by every token: $\text{active} = \text{total} - \text{inactive}$;
+# - $\text{efficiency} = \text{active} / \text{total}$.
+#
+# The note writes the same thing per block: `total_ffn = P·E + router`, `active_ffn = P·k + router`,
+# so `total_ffn − active_ffn = P·(E − k)`; the router cancels because every token uses it.
+# (The note counts the input embedding as active, as most publishers do; section 6 shows one
+# that does not.) Here is the note's code, run on the `laptop` model upcycled to 4 experts, top-2:
+
+# %%
+_, laptop_moe, _ = preset("laptop").phase_configs()
+moe_model = GPT(laptop_moe)
+
+first_ffn = moe_model.layers[0].ffn
+expert_params = sum(p.numel() for p in first_ffn.experts[0].parameters())   # w1, w2, w3
+router_params = sum(p.numel() for p in first_ffn.router.parameters())      # Linear(d_model -> E)
+num_experts, top_k = first_ffn.num_experts, first_ffn.top_k
+num_blocks = len(moe_model.moe_layers)
+
+total_params = sum(p.numel() for p in moe_model.parameters())
+inactive_params = expert_params * (num_experts - top_k) * num_blocks
+active_params = total_params - inactive_params
+efficiency = 100 * active_params / total_params
+
+total_ffn = expert_params * num_experts + router_params                      # per block
+active_ffn = expert_params * top_k + router_params
+assert (total_ffn - active_ffn) * num_blocks == inactive_params
+
+print(f"expert {expert_params:,} params, router {router_params:,}, "
+      f"top-{top_k} of {num_experts} experts in {num_blocks} blocks")
+print(f"total {total_params:,}  active {active_params:,}  inactive {inactive_params:,}  "
+      f"efficiency {efficiency:.1f}%  ({(num_experts - top_k) * num_blocks} experts idle)")
+
+counts = count_parameters(moe_model)
+assert (counts.total, counts.active, counts.inactive) == (total_params, active_params, inactive_params)
+assert counts.experts_idle == (num_experts - top_k) * num_blocks
+assert abs(counts.efficiency - efficiency) < 1e-12
+assert count_from_config(laptop_moe) == counts
+
+# %% [markdown]
+# **Shared experts and dense blocks.** DeepSeekMoE-style models add *shared experts* that every
+# token runs (always active, so they are not in $E - k$), and keep the first blocks dense
+# (`first_k_dense`: no experts there, so $B$ counts only the MoE blocks). The formula holds
+# unchanged once $B$ and the always-active parts are counted right:
+
+# %%
+deepseek_style = laptop_moe.replace(num_shared_experts=1, shared_d_ff=192, first_k_dense=1, dense_d_ff=768)
+deepseek_counts = count_parameters(GPT(deepseek_style))
+moe_blocks = deepseek_style.n_layers - deepseek_style.first_k_dense
+expert_size = 3 * deepseek_style.d_model * deepseek_style.d_ff
+print(deepseek_counts.by_part)
+print(f"MoE blocks {moe_blocks}, experts idle {deepseek_counts.experts_idle}, "
+      f"efficiency {deepseek_counts.efficiency:.1f}%")
+assert deepseek_counts.inactive == expert_size * (deepseek_style.num_experts - deepseek_style.top_k) * moe_blocks
+assert deepseek_counts == count_from_config(deepseek_style)
+
+# %% [markdown]
+# Which parts does one token use? The routed experts count $k$ of $E$; every other part fully:
+
+# %%
+from moe_helpers.widgets import active_by_part
+
+used = active_by_part(counts)
+print(f"{'part':<15}{'stored':>12}{'used per token':>16}")
+for part, stored in counts.by_part.items():
+    print(f"{part:<15}{stored:>12,}{used[part]:>16,}")
+assert sum(used.values()) == counts.active
+
+# %% [markdown]
+# ## 3. The original note's banners
+#
+# The note prints a banner at the start of each phase: a 100.04 M dense model, then an MoE of
+# 371.64 M parameters with 138.88 M active (top-2 of 8 experts, 7 blocks, so 6 × 7 = 42 experts
+# idle). The `seed` preset rebuilds those sizes with this course's conventions (SwiGLU,
+# RMSNorm, tied embeddings, GPT-2's vocabulary padded to 50304).
+#
+# How were its dimensions found? The inactive count fixes one expert's size,
+# $P = 232.76\text{ M} / 42$, so $d \cdot d_{ff} = P / 3$; the dense total then fixes $d$.
+# A search over widths that are a multiple of the 64-wide heads:
+
+# %%
+NOTE = {"dense total": 100.04e6, "moe total": 371.64e6, "moe active": 138.88e6, "moe inactive": 232.76e6}
+
+
+def seed_candidate(d_model: int) -> ModelConfig:
+    """7 tied blocks with the expert size the note's inactive count asks for."""
+    d_ff = round(NOTE["moe inactive"] / (42 * 3 * d_model))
+    return ModelConfig(vocab_size=50304, d_model=d_model, n_layers=7, n_heads=d_model // 64,
+                       d_ff=d_ff, tie_embeddings=True)
+
+
+def worst_error(dense_cfg: ModelConfig) -> float:
+    dense, moe = count_from_config(dense_cfg), count_from_config(dense_cfg.upcycled(8, 2))
+    ours = {"dense total": dense.total, "moe total": moe.total, "moe active": moe.active,
+            "moe inactive": moe.inactive}
+    return max(abs(ours[key] / NOTE[key] - 1) for key in NOTE)
+
+
+candidates = sorted((worst_error(seed_candidate(d)), d) for d in range(64, 2049, 64))
+for error, d in candidates[:3]:
+    print(f"d_model {d:>4}  d_ff {seed_candidate(d).d_ff:>5}  worst error {100 * error:.3f}%")
+best_d = candidates[0][1]
+assert (best_d, seed_candidate(best_d).d_ff) == (preset("seed").model.d_model, preset("seed").model.d_ff)
+
+# %% [markdown]
+# The best width is the preset's. Now the banners, counted from the configs (no 372 M model is
+# built; set `SCALE_UP` to build it and count it module by module):
+
+# %%
+seed = preset("seed")
+seed_dense, seed_moe, seed_large = seed.phase_configs()
+dense_counts, moe_counts = count_from_config(seed_dense), count_from_config(seed_moe)
+
+phase_banner("Phase 1 — Dense", dense_counts, seed.train.steps(1), seed.train.lr(1), device)
+print()
+phase_banner("Phase 2 — MoE", moe_counts, seed.train.steps(2), seed.train.lr(2), device)
+
+ours = {"dense total": dense_counts.total, "moe total": moe_counts.total,
+        "moe active": moe_counts.active, "moe inactive": moe_counts.inactive}
+print()
+for key in NOTE:
+    error = ours[key] / NOTE[key] - 1
+    print(f"{key:<13} note {NOTE[key] / 1e6:8.2f} M   seed preset {ours[key] / 1e6:8.2f} M   {100 * error:+.3f}%")
+    assert abs(error) < 1e-3
+assert moe_counts.experts_idle == 42 and f"{moe_counts.efficiency:.1f}" == "37.4"
+
+if SCALE_UP:
+    assert count_parameters(GPT(seed_moe)) == moe_counts
+    print("measured on the modules of the 372 M-parameter model: identical")
+
+# %% [markdown]
+# ## 4. The note's phase-3 banner: does any model produce it?
+#
+# The note ends with an "expected output" for phase 3:
+#
+# ```
+#   Total Parameters:  1467.60 M
+#   Active Params/tok:  548.70 M  (top-2 of 8 experts)
+#   Inactive Params:    918.90 M  (66 experts idle)
+#   Efficiency: 37.4% active per forward pass
+# ```
+#
+# 66 idle experts = 6 × 11, so phase 3 has 11 MoE blocks: the 7 of phase 2 plus 4 new ones.
+# Phase 3 is bilateral growth: width × an integer factor $n$ (so every weight can be tiled
+# exactly, notebook 05) and 4 more blocks. Let's test that against the numbers.
+#
+# **(a) Integer width factors.** The course's own phase 3 is $n = 2$; here are $n = 1 \dots 4$:
+
+# %%
+NOTE_PHASE3 = {"total": 1467.60e6, "active": 548.70e6, "inactive": 918.90e6}
+
+print(f"{'width x':>7}{'total':>12}{'active':>12}{'inactive':>12}{'idle':>6}{'efficiency':>12}")
+for factor in range(1, 5):
+    grown = count_from_config(seed_moe.widened(factor).deepened(4))
+    print(f"{factor:>7}{grown.total / 1e6:>10.2f} M{grown.active / 1e6:>10.2f} M"
+          f"{grown.inactive / 1e6:>10.2f} M{grown.experts_idle:>6}{grown.efficiency:>11.1f}%")
+    assert grown.experts_idle == 66 and abs(grown.total / NOTE_PHASE3["total"] - 1) > 0.05
+assert count_from_config(seed_large) == count_from_config(seed_moe.widened(2).deepened(4))
+
+# %% [markdown]
+# No integer factor comes within 5%. **(b) What factor would it take?** Widening by $n$ multiplies
+# each expert by $n^2$ ($d$ and $d_{ff}$ both grow), and 42 idle experts become 66:
+# $918.90 / 232.76 = n^2 \cdot 66 / 42$.
+
+# %%
+needed_n = (NOTE_PHASE3["inactive"] / NOTE["moe inactive"] * 42 / 66) ** 0.5
+print(f"width factor the inactive count asks for: n = {needed_n:.3f}")
+assert abs(needed_n - round(needed_n)) > 0.4
+
+
+def grown_counts(n: float, tied: bool) -> dict:
+    """Counts of the phase-2 model widened by a real factor n, with 11 blocks (by formula)."""
+    d, d_ff, vocab, experts = seed_moe.d_model * n, seed_moe.d_ff * n, seed_moe.vocab_size, seed_moe.num_experts
+    expert = 3 * d * d_ff
+    total = (1 if tied else 2) * vocab * d + 11 * (4 * d * d + experts * expert + experts * d + 2 * d) + d
+    inactive = expert * (experts - seed_moe.top_k) * 11
+    return {"total": total, "active": total - inactive, "inactive": inactive}
+
+
+for tied in (True, False):
+    at_n = grown_counts(needed_n, tied)
+    print(f"n = {needed_n:.3f}, {'tied' if tied else 'untied'}: total {at_n['total'] / 1e6:.2f} M, "
+          f"active {at_n['active'] / 1e6:.2f} M, efficiency {100 * at_n['active'] / at_n['total']:.1f}%")
+    assert abs(at_n["total"] / NOTE_PHASE3["total"] - 1) > 0.02
+
+# %% [markdown]
+# Even a width factor that is not an integer (so no exact growth) misses the total and the
+# active count by several percent. **(c) Any model at all?** Forget growth: search every width
+# $d$ (a multiple of 8 up to 8192), every integer $d_{ff}$, GPT-2's vocabulary (50257, or 50304
+# padded), tied or untied, 11 blocks, 8 experts, top-2, for a model whose banner prints exactly
+# the note's three numbers:
+
+# %%
+def rounds_like_note(count: float, note: float) -> bool:
+    """Whether the banner (two decimals in millions) would print ``note``."""
+    return round(count / 1e6, 2) == round(note / 1e6, 2)
+
+
+matches, near = [], []
+for vocab in (50257, 50304):
+    for tied in (True, False):
+        for d in range(8, 8193, 8):
+            d_ff = round(NOTE_PHASE3["inactive"] / (66 * 3 * d))
+            cfg = ModelConfig(vocab_size=vocab, d_model=d, n_layers=11, n_heads=d // 8, d_ff=d_ff,
+                              num_experts=8, top_k=2, tie_embeddings=tied)
+            c = count_from_config(cfg)
+            error = max(abs(getattr(c, key) / NOTE_PHASE3[key] - 1) for key in NOTE_PHASE3)
+            near.append((error, vocab, tied, d, d_ff))
+            if all(rounds_like_note(getattr(c, key), NOTE_PHASE3[key]) for key in NOTE_PHASE3):
+                matches.append(cfg)
+near.sort()
+print(f"configs whose banner prints exactly 1467.60 / 548.70 / 918.90: {len(matches)}")
+assert 0 < near[0][0] < 0.002
+for error, vocab, tied, d, d_ff in near[:3]:
+    print(f"  nearest: vocab {vocab}, {'tied' if tied else 'untied'}, d_model {d}, d_ff {d_ff}: "
+          f"worst error {100 * error:.3f}%  (width x{d / seed_moe.d_model:.2f}, d_ff x{d_ff / seed_moe.d_ff:.2f})")
+assert not matches
+
+# %% [markdown]
+# (With the vocabulary free as well, exact fits always exist, since one more free integer absorbs
+# the rounding, so they would prove nothing.) **(d) A telling pattern.** Divide the phase-3
+# numbers by the phase-2 ones, and do the same for each model grown from phase 2:
+
+# %%
+def growth_ratios(after: dict, before: dict) -> dict:
+    return {key: after[key] / before[key] for key in ("total", "active", "inactive")}
+
+
+note_ratios = growth_ratios(NOTE_PHASE3, {key: NOTE[f"moe {key}"] for key in NOTE_PHASE3})
+print("note, phase 3 / phase 2:", {key: round(ratio, 3) for key, ratio in note_ratios.items()})
+print(f"efficiency: phase 2 {100 * NOTE['moe active'] / NOTE['moe total']:.2f}%, "
+      f"phase 3 {100 * NOTE_PHASE3['active'] / NOTE_PHASE3['total']:.2f}%")
+assert max(note_ratios.values()) - min(note_ratios.values()) < 0.01
+
+phase2 = {"total": moe_counts.total, "active": moe_counts.active, "inactive": moe_counts.inactive}
+for factor in range(1, 5):
+    grown = count_from_config(seed_moe.widened(factor).deepened(4))
+    ratios = growth_ratios({"total": grown.total, "active": grown.active, "inactive": grown.inactive}, phase2)
+    print(f"width x{factor}, 11 blocks / phase 2:", {key: round(ratio, 3) for key, ratio in ratios.items()})
+    assert max(ratios.values()) - min(ratios.values()) > 0.1
+
+# %% [markdown]
+# In the note, total, active and inactive all grow by the same factor (about 3.95) and the
+# efficiency stays at 37.4%. Growth cannot do that: widening multiplies the embedding by $n$
+# but the experts and attention by $n^2$, and new blocks add experts but no embedding, so the
+# three numbers grow by different factors.
+#
+# **What we find.** No model reachable from the phase-2 model by exact growth (integer width
+# factor, 4 new blocks) prints the note's phase-3 banner; the width the inactive count asks
+# for is $n pprox 1.585$, not an integer, and even that width misses the total. No model with
+# GPT-2's vocabulary prints the banner exactly either; the nearest ones miss by a little over
+# a tenth of a percent and are not growths of phase 2 (width ×1.76, FFN ×1.43). The banner
+# looks like phase 2's numbers scaled up by one constant: an illustration, not a count. This
+# course's phase 3 is the `seed` preset grown ×2 in width and by 4 blocks; its banner reads:
+
+# %%
+large_counts = count_from_config(seed_large)
+phase_banner("Phase 3 — Large MoE (Bilateral Growth)", large_counts, seed.train.steps(3), seed.train.lr(3), device)
+assert large_counts.experts_idle == 66
+
+# %% [markdown]
+# ## 5. FLOPs and memory
+#
+# **Compute.** A weight matrix with $N$ entries costs one multiply and one add per entry for each
+# token: $2N$ FLOPs. Attention adds the score matrix $QK^\top$ and the weighted sum of values,
+# $2 \cdot T \cdot d_{head}$ each per head for a context of $T$ tokens. Per token, forward
+# (PaLM, Chowdhery et al. 2022, appendix B):
+#
+# $$C_\text{forward} = 2 N_\text{active matmul} + 4\, L\, T\, H\, d_{head}, \qquad C_\text{training} \approx 3\, C_\text{forward}$$
+#
+# (the backward pass costs twice the forward). $N_\text{active matmul}$ counts the *active*
+# parameters that multiply: not the embedding (a table lookup) nor the norm gains, but the LM
+# head, the router and only the $k$ chosen experts. Let's count it by hand for the `laptop`
+# MoE and then let PyTorch count the FLOPs of a real forward pass.
+
+# %%
+flop_cfg = laptop_moe.replace(max_seq_len=SEQ_LEN)      # the context length changes no parameter
+flop_counts = count_from_config(flop_cfg)
+matmul_params = flop_counts.active - flop_counts.by_part["embedding"] - flop_counts.by_part["norms"]
+attention_scores = 4 * flop_cfg.n_layers * SEQ_LEN * flop_cfg.n_heads * flop_cfg.head_size
+forward_by_hand = 2 * matmul_params + attention_scores
+print(f"forward FLOPs per token at {SEQ_LEN} tokens: 2 x {matmul_params:,} + {attention_scores:,} = {forward_by_hand:,}")
+assert forward_by_hand == flops_per_token(flop_cfg, SEQ_LEN).forward
+
+# %%
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
+
+flop_model = GPT(flop_cfg)
+batch = torch.randint(0, flop_cfg.vocab_size, (2, SEQ_LEN), generator=torch.Generator().manual_seed(0))
+# The "math" attention kernel spells attention out as matrix products torch can count.
+with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter, torch.no_grad():
+    flop_model(batch)
+measured_per_token = counter.get_total_flops() / batch.numel()
+print(f"torch's FLOP counter: {measured_per_token:,.0f} FLOPs per token (formula: {forward_by_hand:,})")
+assert measured_per_token == forward_by_hand
+
+# %% [markdown]
+# Exactly equal: every routed token went through exactly $k$ experts' matrices, nothing more.
+#
+# **Memory.** Any token may pick any expert, so all experts live in memory, whether or not a
+# given token uses them: memory follows the **total**. Training also keeps a gradient per
+# parameter and AdamW's two moment estimates (float32) per parameter. For the `laptop` MoE the
+# weights are real tensors we can measure:
+
+# %%
+laptop_memory = memory_bytes(laptop_moe, torch.float32, "adamw")
+weight_bytes = sum(p.numel() * p.element_size() for p in moe_model.parameters())
+print(f"weights {weight_bytes:,} B measured, {laptop_memory.weights:,} B by formula; "
+      f"training total {laptop_memory.total / 2**20:.1f} MiB (weights + gradients + AdamW)")
+assert weight_bytes == laptop_memory.weights
+assert laptop_memory.total == 16 * counts.total                 # 4 + 4 + 2 x 4 bytes per parameter
+
+# %% [markdown]
+# Now the note's models: the 100 M dense phase 1, the 372 M MoE phase 2, and, for comparison, a
+# dense model as big as the MoE (the phase-1 model with an 8 times wider FFN).
+
+# %%
+wide_dense = seed_dense.replace(d_ff=8 * seed_dense.d_ff)
+models = {"dense (phase 1)": seed_dense, "MoE top-2 of 8 (phase 2)": seed_moe, "dense, 8x wider FFN": wide_dense}
+memory_gb = {name: memory_bytes(cfg, torch.bfloat16, "adamw").total / 1e9 for name, cfg in models.items()}
+gflops = {name: flops_per_token(cfg, SEQ_LEN).forward / 1e9 for name, cfg in models.items()}
+for name, cfg in models.items():
+    print(f"{name:<26} total {count_from_config(cfg).total / 1e6:7.2f} M  active {count_from_config(cfg).active / 1e6:7.2f} M"
+          f"  training memory {memory_gb[name]:5.2f} GB  forward {gflops[name]:5.3f} GFLOP/token")
+
+dense_name, moe_name, wide_name = list(models)
+assert abs(memory_gb[moe_name] / memory_gb[wide_name] - 1) < 0.01   # memory of the big dense model
+assert gflops[moe_name] / gflops[dense_name] < 1.5 < gflops[wide_name] / gflops[dense_name]
+
+fig, (ax_memory, ax_compute) = plt.subplots(1, 2, figsize=(11, 3.6))
+colors = ["C0", "C1", "C2"]
+ax_memory.barh(list(models), list(memory_gb.values()), color=colors)
+ax_memory.set_xlabel("GB to train (bf16 weights and gradients, fp32 AdamW)")
+ax_memory.set_title("Memory follows the total")
+ax_memory.invert_yaxis()
+ax_compute.barh(list(models), list(gflops.values()), color=colors)
+ax_compute.set_xlabel(f"GFLOPs per token, forward ({SEQ_LEN}-token context)")
+ax_compute.set_title("Compute follows the active parameters")
+ax_compute.invert_yaxis()
+ax_compute.set_yticklabels([])
+fig.tight_layout()
+plt.show()
+
+# %% [markdown]
+# *What to notice:* the MoE (orange) needs the memory of the big dense model (green) but costs
+# barely more compute per token than the small one (blue).
+
+# %% [markdown]
+# ## 6. Published MoEs, side by side
+#
+# `moe_helpers.real_models` holds eight published MoE LLMs as `ModelConfig`s, copied from their
+# `config.json` files, with the totals and active counts their authors published. Two things to
+# watch for:
+#
+# - **Pieces our `ModelConfig` lacks.** Biases on q/k/v (Qwen1.5-MoE, Phi-3.5-MoE, GPT-OSS),
+#   RMSNorms on queries and keys (OLMoE, Qwen3), LayerNorm biases (Phi), a gate on the shared
+#   expert (Qwen1.5), attention sinks and expert biases (GPT-OSS). Each is added by its own
+#   formula ("extras"); together they never reach 0.1% of a model.
+# - **What "active" means.** Most publishers count everything a token touches, the input
+#   embedding included. OpenAI's GPT-OSS card leaves the input embedding out (a lookup, not a
+#   multiply) and keeps the unembedding.
+
+# %%
+from IPython.display import Markdown, display
+from moe_helpers.real_models import PUBLISHED_MODELS, comparison_table, format_comparison
+
+rows = comparison_table()
+display(Markdown(format_comparison(rows)))
+for model, row in zip(PUBLISHED_MODELS, rows):
+    print(f"{row.name:<18} {row.note}")
+    print(f"{'':<18} figures: {model.figures_source}; shape: {model.config_source}")
+    assert abs(row.total_error) < 0.01 and abs(row.active_error) < 0.02
+
+# %%
+gpt_oss = next(row for row in rows if row.name == "GPT-OSS-20B")
+print(f"GPT-OSS-20B active: {gpt_oss.computed_active / 1e9:.2f} B without the input embedding (published 3.6 B), "
+      f"{gpt_oss.active_other_convention / 1e9:.2f} B with it")
+assert gpt_oss.active_rounds_to_published and not gpt_oss.counts_input_embedding
+
+efficiencies = {model.name: count_from_config(model.config).efficiency for model in PUBLISHED_MODELS}
+fig, ax = plt.subplots(figsize=(9, 4))
+ax.barh(list(efficiencies), list(efficiencies.values()), color="C1")
+for row in rows:
+    ax.text(efficiencies[row.name] + 0.4, row.name, f"{row.computed_total / 1e9:.1f} B stored", va="center", fontsize=8)
+ax.set_xlim(0, 35)
+ax.set_xlabel("active share of all parameters (%, embeddings counted)")
+ax.set_title("Published MoEs: the share of parameters each token uses")
+ax.invert_yaxis()
+plt.show()
+assert min(efficiencies["Mixtral-8x7B"], efficiencies["Mixtral-8x22B"]) > 25
+assert max(share for name, share in efficiencies.items() if not name.startswith("Mixtral")) < 21
+assert efficiencies["Qwen3-30B-A3B"] < 12
+
+# %% [markdown]
+# *What to notice:* Mixtral's 8 large experts, top-2, use over a quarter of the parameters per
+# token; the models with more, smaller experts (16 to 128 per block, top-2 to top-8) use a fifth or
+# less, Qwen3-30B-A3B about a ninth.
+
+# %% [markdown]
+# ## 7. A parameter calculator
+#
+# Pick a preset (the `laptop` and `seed` phases, or a published model), then move the sliders.
+# Fields without a slider (key/value heads, head width, shared-expert and dense sizes, tied
+# embeddings) keep the preset's values; an impossible combination says why instead of counting.
+# Try: Mixtral-8x7B with `top_k` 1; `num_experts` 0 (dense); DeepSeekMoE-16B without shared experts.
+
+# %%
+from moe_helpers.widgets import calculator_summary, param_calculator
+
+calculator = param_calculator("seed phase 2", seq_len=SEQ_LEN)
+display(calculator)
+
+# %%
+summary = calculator.summary()
+print(summary.text())
+assert summary.counts == count_from_config(seed_moe)
+assert summary == calculator_summary(seed_moe, SEQ_LEN, "bfloat16")
+
+# %% [markdown]
+# ## Exercises
+#
+# **Exercise 1.** Mixtral-8x7B routes each token to 2 of its 8 experts. How many parameters would
+# each token use with top-1 routing (embeddings counted, as Mistral does)? Give the number of
+# parameters (an int or float). Hint: `published_model("Mixtral-8x7B").config` and
+# `count_from_config`.
+
+# %%
+from moe_helpers.real_models import published_model
+
+answer = None  # your code here
+
+# %%
+expected = count_from_config(published_model("Mixtral-8x7B").config.replace(top_k=1)).active
+if answer is None:
+    print("not answered yet: replace None with your count (top_k=1 in a copy of the config)")
+else:
+    assert abs(answer / expected - 1) < 0.005, f"{answer / 1e9:.2f} B is not it; compare with top-2's 12.9 B"
+    print(f"✓ {expected / 1e9:.2f} B parameters per token with top-1 routing")
+
+# %% [markdown]
+# **Exercise 2.** How many bytes does fine-tuning OLMoE-1B-7B with AdamW take for weights,
+# gradients and optimiser state, with bfloat16 weights and gradients and float32 AdamW state?
+# (Activations not included.) Then compare with the active count: could you use the active
+# count to budget memory?
+
+# %%
+answer = None  # your code here
+
+# %%
+expected = memory_bytes(published_model("OLMoE-1B-7B").config, torch.bfloat16, "adamw").total
+if answer is None:
+    print("not answered yet: memory_bytes(config, dtype, optimizer) returns weights, gradients and optimizer")
+else:
+    assert abs(answer / expected - 1) < 0.01, f"{answer / 1e9:.1f} GB is not it (12 bytes per parameter here)"
+    print(f"✓ {expected / 1e9:.1f} GB: every parameter counts, not just the active ones")
+
+# %% [markdown]
+# **Exercise 3.** Upcycle the `laptop` dense model (`preset("laptop").model`) into $E$ experts with
+# top-2 routing. What is the smallest $E$ for which the MoE stores more than 4 times the dense
+# model's parameters? Give $E$ as an int.
+
+# %%
+answer = None  # your code here
+
+# %%
+dense_total = count_from_config(laptop).total
+expected = next(experts for experts in range(2, 64)
+                if count_from_config(laptop.upcycled(experts, 2)).total > 4 * dense_total)
+if answer is None:
+    print("not answered yet: loop over E and compare count_from_config(laptop.upcycled(E, 2)).total")
+else:
+    assert answer == expected, f"E = {answer} is not the smallest; check E - 1 and E + 1"
+    ffn_share = count_from_config(laptop).by_part["dense_ffn"] / dense_total
+    print(f"✓ E = {expected}: each expert adds one FFN, and the FFN is only {100 * ffn_share:.0f}% of the dense model")
