@@ -159,7 +159,8 @@ class ModelConfig:
     def upcycled(self, num_experts: int, top_k: int) -> "ModelConfig":
         """The config of this dense model turned into an MoE (sparse upcycling)."""
         _require(not self.is_moe, "upcycling needs a dense model (num_experts=0)")
-        return self.replace(num_experts=num_experts, top_k=top_k)
+        # every expert is a copy of the dense FFN, so the experts' width is the dense width
+        return self.replace(num_experts=num_experts, top_k=top_k, d_ff=self.dense_hidden, dense_d_ff=None)
 
     def widened(self, factor: int) -> "ModelConfig":
         """The config after width growth by an integer ``factor`` (head_dim unchanged)."""

@@ -34,8 +34,9 @@ def _check_factor(name: str, factor) -> None:
 def _new_model_like(model: GPT, cfg: ModelConfig, state: dict) -> GPT:
     """A ``GPT(cfg)`` on ``model``'s device and dtype, holding ``state``."""
     reference = next(model.parameters())
-    with torch.device(reference.device):
-        grown = GPT(cfg).to(reference.dtype)
+    cuda_devices = [reference.device] if reference.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda_devices), torch.device(reference.device):
+        grown = GPT(cfg).to(reference.dtype)     # its random init is overwritten; the caller's RNG is untouched
     grown.load_state_dict(state)
     grown.train(model.training)
     return grown
@@ -60,6 +61,7 @@ def upcycle(dense: GPT, num_experts: int, top_k: int, renormalize: bool = True,
     """
     if dense.cfg.is_moe:
         raise ValueError("upcycle needs a dense model (num_experts=0); this one already has experts")
+    _check_factor("num_experts", num_experts)
     cfg = dense.cfg.upcycled(num_experts, top_k).replace(renormalize_top_k=renormalize)
     return _new_model_like(dense, cfg, _upcycled_state(cfg, _state(dense), router_std, seed))
 
@@ -96,7 +98,8 @@ def widen_linear(weight: torch.Tensor, factor: int, copy_outputs: bool = True,
     widened = weight.repeat(out_copies, factor) / factor                 # (out*c, in*factor)
     if noise > 0 and factor > 1:
         rows, cols = widened.shape[0], weight.shape[1]
-        perturbation = torch.randn(rows, factor, cols, generator=generator, dtype=torch.float64)
+        perturbation = torch.randn(rows, factor, cols, generator=generator,
+                                   dtype=torch.float64).to(weight.device)   # the generator lives on the CPU
         perturbation -= perturbation.mean(dim=1, keepdim=True)          # sums to 0 over copies
         scale = noise * weight.double().std().clamp(min=1e-12)
         widened = (widened.double() + scale * perturbation.reshape(rows, factor * cols)).to(weight)
@@ -120,6 +123,8 @@ def grow_width(model: GPT, factor: int, noise: float = 0.01, seed: int = 0, verb
     the LM head), so the grown model unties it, and says so.
     """
     _check_factor("factor", factor)
+    if not noise >= 0:
+        raise ValueError(f"noise must be a number >= 0, got {noise!r}")
     cfg = model.cfg.widened(factor)
     if model.cfg.tie_embeddings and verbose:
         print("grow_width: the tied embedding is untied (the LM head becomes its own copy, divided "
@@ -179,6 +184,7 @@ def grow_depth(model: GPT, new_layers: int, where: str = "interleave") -> GPT:
 def grow(model: GPT, width_factor: int, new_layers: int, where: str = "interleave",
          noise: float = 0.01, seed: int = 0, verbose: bool = True) -> GPT:
     """Bilateral growth: width x ``width_factor`` and ``new_layers`` more blocks at once."""
+    insertion_plan(model.cfg.n_layers, new_layers, where)     # check the depth arguments before widening
     return grow_depth(grow_width(model, width_factor, noise, seed, verbose), new_layers, where)
 
 
