@@ -127,7 +127,7 @@ def train_phase(model: nn.Module, data: TokenData, steps: int, lr: float, *, bat
                 eval_every: int = 50, eval_batches: int = 8, device="auto", seed: int = 0,
                 phase: int = 1, history: History | None = None, use_aux_loss: bool = True,
                 progress: bool = True, verbose: bool = True, resume: dict | None = None,
-                checkpoint_every: int = 0, on_checkpoint=None) -> History:
+                checkpoint_every: int = 0, on_checkpoint=None, on_log=None) -> History:
     """Train ``model`` for ``steps`` optimiser steps and return the ``History``.
 
     Pass the ``history`` of earlier phases to continue it (steps and tokens
@@ -139,6 +139,9 @@ def train_phase(model: nn.Module, data: TokenData, steps: int, lr: float, *, bat
     own state — step, optimiser, random-number states, the running loss window
     — is handed to ``on_checkpoint(state)``; the caller adds the weights and
     writes it.  ``resume=state`` continues exactly where that state left off.
+
+    ``on_log(record, model)``, if given, is called after every log record: a
+    hook for notebooks that want to look inside the model while it trains.
     """
     from tqdm.auto import tqdm
 
@@ -174,6 +177,7 @@ def train_phase(model: nn.Module, data: TokenData, steps: int, lr: float, *, bat
     with _interrupt_flag(enabled=on_checkpoint is not None) as interrupted:
         for step in bar:
             if step > 0:   # step 0 only measures the starting point
+                model.train()
                 for group in optimizer.param_groups:
                     group["lr"] = lr_at(step - 1, lr, steps, warmup_steps, min_lr_ratio)
                 inputs, targets = data.batch("train", batch_size, seq_len, device, batch_generator)
@@ -208,6 +212,8 @@ def train_phase(model: nn.Module, data: TokenData, steps: int, lr: float, *, bat
                 }
                 history.records.append(record)
                 window_losses, window_aux = [], []
+                if on_log is not None:
+                    on_log(record, model)
                 if verbose:
                     line = format_log_line(step, record["train_loss"], record["seconds"],
                                            record["aux_loss"] if is_moe else None, val_loss)

@@ -241,13 +241,12 @@ for block, ((router_lm, expert_lm), (router_aux, _)) in enumerate(zip(lm_only, w
 # random router sends different tokens to different experts. So the experts' updates differ, the
 # experts separate, and the language-model loss starts to give the router a gradient.
 #
-# To watch this we write out the training loop of `train_phase` (same AdamW, warmup and cosine
-# decay, clipping, LM + aux loss) with a hook that looks inside the model every few steps.
+# To watch this we train with `train_phase` (AdamW, warmup and cosine decay, clipping, LM + aux
+# loss) and its `on_log` hook, which hands us the model at every log step.
 # We measure how similar the experts are by the **cosine similarity of their outputs** on the same
 # real tokens (1 = they compute the same function).
 
 # %%
-from moe_helpers.train import lr_at, make_optimizer
 
 
 def expert_similarity(layer: MoELayer, tokens) -> torch.Tensor:
@@ -279,28 +278,18 @@ def watch_experts(model) -> dict:
 
 
 def train_watching(model, steps: int, lr: float, watch=None, watch_every: int = 10):
-    """``train_phase``'s recipe written out: returns (eval steps, validation losses, [(step, watch(model))])."""
-    optimizer = make_optimizer(model, lr, P.train.weight_decay)
-    batches = torch.Generator().manual_seed(0)
-    eval_steps, val_losses, watched = [], [], []
-    for step in range(steps + 1):
-        if watch is not None and (step % watch_every == 0 or step == steps):
-            watched.append((step, watch(model)))
-        if step % EVAL_EVERY == 0 or step == steps:
-            eval_steps.append(step)
-            val_losses.append(evaluate(model, data, BATCH, SEQ_LEN, EVAL_BATCHES, device))
-        if step == steps:
-            break
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, lr, steps, P.train.warmup_steps, P.train.min_lr_ratio)
-        model.train()
-        out = model(*data.batch("train", BATCH, SEQ_LEN, device, batches))
-        optimizer.zero_grad(set_to_none=True)
-        (out.loss + out.aux_loss).backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), P.train.grad_clip)
-        optimizer.step()
-    model.eval()
-    return eval_steps, val_losses, watched
+    """Train with ``train_phase``, calling ``watch(model)`` at every log step through its ``on_log`` hook.
+
+    Returns (evaluation steps, validation losses, [(step, watch(model)), ...])."""
+    watched = []
+    on_log = None if watch is None else (lambda record, model: watched.append((record["step"], watch(model))))
+    history = train_phase(model, data, steps, lr, batch_size=BATCH, seq_len=SEQ_LEN,
+                          warmup_steps=P.train.warmup_steps, min_lr_ratio=P.train.min_lr_ratio,
+                          weight_decay=P.train.weight_decay, grad_clip=P.train.grad_clip,
+                          log_every=watch_every, eval_every=EVAL_EVERY, eval_batches=EVAL_BATCHES,
+                          device=device, progress=False, verbose=False, on_log=on_log)
+    evaluated = history.evaluated()
+    return [r["step"] for r in evaluated], [r["val_loss"] for r in evaluated], watched
 
 
 moe_eval_steps, moe_val_losses, moe_watched = train_watching(moe, MOE_STEPS, P.train.lr_phase2,
