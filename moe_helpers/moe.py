@@ -93,7 +93,7 @@ class Router(nn.Linear):
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """Router logits of the tokens ``x`` (N, d_model) -> (N, E)."""
-        logits = super().forward(x)                                             # (N, E)
+        logits = self(x)   # (N, E): Linear.forward, called through __call__ so hooks see it
         if self.noise is not None and self.training:
             logits = logits + torch.randn_like(logits) * F.softplus(self.noise(x))
         return logits

@@ -211,3 +211,280 @@ def param_calculator(initial: str = "laptop phase 2", seq_len: int = 256, dtype:
     shared experts, a preset picker, and the live total / active / efficiency /
     FLOPs / memory of the model they describe, with a bar of where the parameters live."""
     return ParamCalculator(initial, seq_len, dtype)
+
+
+# ============================================================ routing_explorer
+# Notebook 02: choose the number of experts, top-k and the load-balancing
+# coefficient, and see which experts each token of a sentence goes to.  The
+# numbers come from ``routing_summary`` (tested); ``routing_explorer`` only
+# draws controls around it.
+import functools as _functools
+from collections import OrderedDict as _OrderedDict
+from dataclasses import dataclass as _routing_dataclass
+
+import torch as _torch
+
+from .config import ModelConfig, preset
+from .data import TokenData, prepare_data
+from .model import GPT
+from .plots import expert_colors
+from .train import train_phase
+
+SAMPLE_SENTENCE = "Once upon a time, a little girl named Lily found a red ball in the park."
+EXPLORER_MAX_EXPERTS = 16
+
+
+@_routing_dataclass(frozen=True)
+class RoutingSummary:
+    """Where the tokens of one sentence go in one MoE layer of a small trained model."""
+
+    num_experts: int
+    top_k: int
+    aux_loss_coef: float
+    steps: int                       # training steps the model had
+    layer: int                       # which MoE layer is shown
+    tokens: list                     # (T,) the sentence's token pieces
+    experts: list                    # (T, k) chosen experts of each token, best first
+    weights: list                    # (T, k) their gate weights (each row sums to 1: renormalised top-k)
+    load: list                       # (E,) share of the sentence's token slots per expert (sums to 1)
+    training_load: list              # (E,) share of the last training batch's token slots per expert
+    final_loss: float                # training loss at the last log step (nats / token)
+
+    @property
+    def max_share(self) -> float:
+        """The busiest expert's share of the last training batch (1/E when perfectly balanced)."""
+        return max(self.training_load)
+
+    def table(self) -> str:
+        """One line per token: the piece, then each chosen expert with its weight."""
+        width = max(len(repr(piece)) for piece in self.tokens)
+        lines = [f"{'token':<{width}}  experts (gate weight)"]
+        for piece, experts, weights in zip(self.tokens, self.experts, self.weights):
+            chosen = "  ".join(f"{e:>2} ({w:.2f})" for e, w in zip(experts, weights))
+            lines.append(f"{repr(piece):<{width}}  {chosen}")
+        return "\n".join(lines)
+
+
+def check_routing_settings(num_experts: int, top_k: int, aux_loss_coef: float) -> None:
+    """Raise ``ValueError`` unless 1 <= top_k <= num_experts and aux_loss_coef >= 0."""
+    if not (isinstance(num_experts, int) and num_experts >= 1):
+        raise ValueError(f"num_experts must be an integer >= 1, got {num_experts!r}")
+    if not (isinstance(top_k, int) and 1 <= top_k <= num_experts):
+        raise ValueError(f"top_k must be in 1..num_experts (1..{num_experts}), got {top_k!r}")
+    if not aux_loss_coef >= 0:
+        raise ValueError(f"aux_loss_coef must be >= 0, got {aux_loss_coef!r}")
+
+
+def explorer_config(vocab_size: int, num_experts: int, top_k: int, aux_loss_coef: float) -> ModelConfig:
+    """The explorer's model: 2 blocks, d_model 64, every FFN an MoE with Mixtral routing
+    (Jiang et al. 2024: softmax, top-k, renormalised) and the given Switch load-balancing
+    coefficient (Fedus et al. 2021, eq. 4)."""
+    return ModelConfig(vocab_size=vocab_size, d_model=64, n_layers=2, n_heads=2, d_ff=128,
+                       max_seq_len=128, num_experts=num_experts, top_k=top_k,
+                       aux_loss_coef=aux_loss_coef)
+
+
+@_functools.lru_cache(maxsize=1)
+def _default_data() -> TokenData:
+    """The stories with the `laptop` preset's vocabulary (its cached tokenizer is reused), loaded once."""
+    return prepare_data("auto", vocab_size=preset("laptop").model.vocab_size)
+
+
+class _TrainedModels:
+    """The explorer's trained models, kept in memory by their settings so that moving a
+    slider back to a setting seen before is instant (least recently used dropped first)."""
+
+    def __init__(self, size: int = 32):
+        self.size, self.entries = size, _OrderedDict()
+
+    def get(self, data: TokenData, settings: tuple):
+        key = (id(data), settings)
+        if key in self.entries and self.entries[key][0] is data:
+            self.entries.move_to_end(key)
+            return self.entries[key][1]
+        model, history = _train_explorer_model(data, *settings)
+        self.entries[key] = (data, (model, history))
+        while len(self.entries) > self.size:
+            self.entries.popitem(last=False)
+        return model, history
+
+
+def _train_explorer_model(data: TokenData, num_experts, top_k, aux_loss_coef, steps, seed):
+    """Train the explorer's model for ``steps`` steps (batch 8 x 64 tokens, CPU)."""
+    _torch.manual_seed(seed)
+    model = GPT(explorer_config(data.tokenizer.vocab_size, num_experts, top_k, aux_loss_coef))
+    history = train_phase(model, data, steps, lr=5e-3, batch_size=8, seq_len=64, warmup_steps=5,
+                          log_every=max(1, steps), eval_every=10 ** 9, eval_batches=1, device="cpu",
+                          seed=seed, progress=False, verbose=False)
+    return model, history
+
+
+_TRAINED_EXPLORER_MODELS = _TrainedModels()
+
+
+@_torch.no_grad()
+def _route_sentence(model: GPT, ids: list, layer: int):
+    """Top-k experts and gate weights of each token of ``ids`` in MoE layer ``layer``.
+
+    A forward hook catches the layer's input (the normalised hidden states) and
+    the layer's own router turns it into weights, so the numbers are exactly
+    what the layer used."""
+    moe_layer = model.moe_layers[layer]
+    caught = {}
+    hook = moe_layer.register_forward_hook(lambda module, inputs, output: caught.update(x=inputs[0]))
+    try:
+        model.eval()
+        model(_torch.tensor([ids]))                                               # (1, T)
+    finally:
+        hook.remove()
+    tokens = caught["x"].reshape(-1, caught["x"].shape[-1])                       # (T, d_model)
+    weights, experts = moe_layer.router.route(moe_layer.router.logits(tokens))    # (T, k), (T, k)
+    assert _torch.equal(experts, moe_layer.last_stats.top_k_experts)
+    return weights, experts, moe_layer.last_stats.load_share                      # ..., (E,)
+
+
+def routing_summary(num_experts: int, top_k: int, aux_loss_coef: float, text: str = SAMPLE_SENTENCE, *,
+                    steps: int = 40, layer: int = 0, seed: int = 0, data: TokenData | None = None) -> RoutingSummary:
+    """Train (or fetch from the in-process cache) a small MoE GPT with these routing
+    settings for ``steps`` steps, route ``text`` through it and say where each token went.
+
+    ``data``: token data to train on (default: ``prepare_data("auto")`` with the
+    ``laptop`` vocabulary, loaded once).  ``ValueError`` for ``top_k > num_experts``,
+    ``num_experts < 1``, a negative coefficient, an empty text or a layer the model lacks.
+    """
+    check_routing_settings(num_experts, top_k, aux_loss_coef)
+    if not (isinstance(steps, int) and steps >= 0):
+        raise ValueError(f"steps must be an integer >= 0, got {steps!r}")
+    if layer not in (0, 1):
+        raise ValueError(f"layer must be 0 or 1 (the explorer's model has 2 MoE layers), got {layer!r}")
+    data = _default_data() if data is None else data
+    ids = data.tokenizer.encode(text)[:128]
+    if not ids:
+        raise ValueError("text is empty: type a sentence to route")
+    model, history = _TRAINED_EXPLORER_MODELS.get(data, (num_experts, top_k, float(aux_loss_coef), steps, seed))
+    weights, experts, load = _route_sentence(model, ids, layer)
+    last = history.records[-1]
+    return RoutingSummary(
+        num_experts=num_experts, top_k=top_k, aux_loss_coef=float(aux_loss_coef), steps=steps, layer=layer,
+        tokens=[data.tokenizer.decode([i]) for i in ids], experts=experts.tolist(),
+        weights=weights.float().tolist(), load=load.tolist(),
+        training_load=list(last["expert_load"][layer]), final_loss=last["train_loss"],
+    )
+
+
+def plot_routing_load(summary: RoutingSummary, ax=None):
+    """Bars of each expert's share of token slots: the sentence and the last training batch,
+    with the uniform share 1/E dashed."""
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(7, 2.8))
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    experts = _torch.arange(summary.num_experts).float()
+    ax.bar(experts - 0.2, [100 * s for s in summary.training_load], width=0.4, color=expert_colors(summary.num_experts))
+    ax.bar(experts + 0.2, [100 * s for s in summary.load], width=0.4, color="none", edgecolor="black", hatch="//")
+    ax.axhline(100 / summary.num_experts, color="black", ls="--", lw=1.2)
+    ax.set_xticks(range(summary.num_experts))
+    ax.set_xlabel("expert (index)")
+    ax.set_ylabel("share of token slots (%)")
+    ax.set_title(f"Expert load, MoE layer {summary.layer}: top-{summary.top_k} of {summary.num_experts}, "
+                 f"aux coef {summary.aux_loss_coef:g}, {summary.steps} steps")
+    ax.legend(handles=[Patch(facecolor="grey", label="last training batch\n(bar colour = expert)"),
+                       Patch(facecolor="none", edgecolor="black", hatch="//", label="this sentence"),
+                       Line2D([], [], color="black", ls="--", label="uniform 1/E")],
+              fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    return ax
+
+
+def _routing_table_html(summary: RoutingSummary) -> str:
+    """The token -> experts table, each expert in its plot colour."""
+    import html
+    from matplotlib.colors import to_hex
+
+    colors = [to_hex(c) for c in expert_colors(summary.num_experts)]
+    rows = []
+    for piece, experts, weights in zip(summary.tokens, summary.experts, summary.weights):
+        chips = " ".join(f'<span style="background:{colors[e]};padding:1px 6px;border-radius:4px">'
+                         f"{e}: {w:.2f}</span>" for e, w in zip(experts, weights))
+        rows.append(f"<tr><td><code>{html.escape(repr(piece))}</code></td><td>{chips}</td></tr>")
+    return ("<table><tr><th>token</th><th>experts: gate weight (best first)</th></tr>"
+            + "".join(rows) + "</table>")
+
+
+class RoutingExplorer:
+    """Sliders for experts, top-k, aux-loss coefficient and training steps, a text box,
+    and the routing of that text; display it in a notebook cell."""
+
+    def __init__(self, num_experts: int = 4, top_k: int = 2, aux_loss_coef: float = 0.01,
+                 text: str = SAMPLE_SENTENCE, steps: int = 40, data: TokenData | None = None):
+        import ipywidgets as widgets
+
+        check_routing_settings(num_experts, top_k, aux_loss_coef)
+        if num_experts > EXPLORER_MAX_EXPERTS:
+            raise ValueError(f"the explorer offers 1..{EXPLORER_MAX_EXPERTS} experts, got {num_experts}")
+        self.data = data
+        style = {"description_width": "140px"}
+        self.experts = widgets.IntSlider(value=num_experts, min=1, max=EXPLORER_MAX_EXPERTS, description="experts",
+                                         continuous_update=False, style=style)
+        self.top_k = widgets.IntSlider(value=top_k, min=1, max=num_experts, description="top-k",
+                                       continuous_update=False, style=style)
+        self.aux_loss_coef = widgets.FloatSlider(value=aux_loss_coef, min=0.0, max=1.0, step=0.01,
+                                                 description="aux-loss coefficient", readout_format=".2f",
+                                                 continuous_update=False, style=style)
+        self.steps = widgets.IntSlider(value=steps, min=0, max=200, step=10, description="training steps",
+                                       continuous_update=False, style=style)
+        self.text = widgets.Text(value=text, description="text", continuous_update=False, style=style,
+                                 layout=widgets.Layout(width="90%"))
+        self.output = widgets.Output()
+        self._syncing = False
+        self.experts.observe(self._experts_changed, names="value")
+        for control in (self.top_k, self.aux_loss_coef, self.steps, self.text):
+            control.observe(self._refresh, names="value")
+        self.widget = widgets.VBox([self.experts, self.top_k, self.aux_loss_coef, self.steps, self.text, self.output])
+        self._refresh()
+
+    def summary(self) -> RoutingSummary:
+        return routing_summary(self.experts.value, self.top_k.value, self.aux_loss_coef.value, self.text.value,
+                               steps=self.steps.value, data=self.data)
+
+    def _experts_changed(self, change) -> None:
+        """Keep top-k within 1..experts (lowering ``max`` also lowers a larger value), then redraw once."""
+        self._syncing = True
+        self.top_k.max = change["new"]
+        self._syncing = False
+        self._refresh()
+
+    def _refresh(self, _change=None) -> None:
+        if self._syncing:
+            return
+        import matplotlib.pyplot as plt
+        from IPython.display import HTML, display
+
+        with self.output:
+            self.output.clear_output(wait=True)
+            try:
+                summary = self.summary()
+            except ValueError as error:
+                print(f"cannot route: {error}")
+                return
+            print(f"training loss after {summary.steps} steps: {summary.final_loss:.3f} nats/token; "
+                  f"busiest expert {100 * summary.max_share:.0f}% of the slots (uniform {100 / summary.num_experts:.0f}%)")
+            display(HTML(_routing_table_html(summary)))
+            ax = plot_routing_load(summary)
+            display(ax.figure)
+            plt.close(ax.figure)
+
+    def _ipython_display_(self) -> None:
+        from IPython.display import display
+
+        display(self.widget)
+
+
+def routing_explorer(num_experts: int = 4, top_k: int = 2, aux_loss_coef: float = 0.01,
+                     text: str = SAMPLE_SENTENCE, steps: int = 40, data: TokenData | None = None) -> RoutingExplorer:
+    """Sliders for the number of experts (1-16), top-k (kept within 1..experts) and the
+    load-balancing coefficient, a text box, and for that text each token's experts with
+    their gate weights and the expert loads.  ``data`` defaults to ``prepare_data("auto")``."""
+    return RoutingExplorer(num_experts, top_k, aux_loss_coef, text, steps, data)

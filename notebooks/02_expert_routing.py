@@ -1,0 +1,565 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 02 · Expert routing
+#
+# In this notebook you will:
+#
+# - turn one feed-forward network into several **experts** and count what a token uses of them;
+# - follow the **router** step by step on a real sentence: logits → softmax → top-k → renormalised
+#   weights, and check that `MoELayer` computes exactly the same;
+# - see why **renormalising** the top-k weights matters (the output scale with and without);
+# - watch the **dispatch**: token slots grouped by expert, each expert run once;
+# - train the same small MoE twice, without and with the **load-balancing loss**, and watch the
+#   router collapse onto a few experts in one run and stay balanced in the other;
+# - limit each expert with a **capacity factor** and measure the tokens it drops;
+# - play with the number of experts, top-k and the balancing coefficient in a **widget**.
+#
+# Expected run time: about 2 minutes on a laptop CPU.
+
+# %%
+# Setup: import the course helpers (installed by `make`, or found one folder up in a clone / Colab).
+try:
+    import moe_helpers
+except ImportError:
+    import sys, pathlib
+    sys.path.insert(0, str(pathlib.Path.cwd().parent))
+    import moe_helpers
+import torch
+import matplotlib.pyplot as plt
+from moe_helpers.train import pick_device
+device = pick_device()
+print("device:", device)
+
+# %% [markdown]
+# ### Scale up on a GPU
+
+# %%
+SCALE_UP = False   # True: a wider model (d_model 128), 4 blocks, 16 experts and 4x the training steps
+                   # for the collapse experiment (minutes on a GPU; far too slow for a laptop CPU).
+
+COLLAPSE_SIZES = (dict(d_model=128, n_layers=4, num_experts=16, steps=800, batch_size=32)
+                  if SCALE_UP else
+                  dict(d_model=64, n_layers=2, num_experts=8, steps=200, batch_size=16))
+print(COLLAPSE_SIZES)
+
+# %% [markdown]
+# ## 0 · Data and one sentence
+#
+# The same stories and tokenizer as notebook 01 (the `laptop` preset's vocabulary; the tokenizer
+# comes from the cache).  One sentence will follow us through the notebook.
+
+# %%
+from moe_helpers.config import ModelConfig, preset
+from moe_helpers.data import prepare_data
+
+data = prepare_data("auto", vocab_size=preset("laptop").model.vocab_size)
+tokenizer = data.tokenizer
+SENTENCE = "Once upon a time, a little girl named Lily found a red ball in the park."
+pieces = tokenizer.tokens(SENTENCE)
+print(f"{len(pieces)} tokens:", pieces)
+
+# %% [markdown]
+# ## 1 · From one feed-forward network to several
+#
+# A dense block has one SwiGLU feed-forward network (FFN).  A Mixture-of-Experts block has
+# `E` of them — the **experts** — plus a **router**, one linear map that scores every expert for
+# every token (Shazeer et al. 2017).  Each token runs through only its `k` best-scored experts, so
+# the layer stores `E` FFNs but a token pays for `k`.  The experts are the *same class* as the
+# dense FFN: the only new pieces are the router and the dispatch.
+
+# %%
+from moe_helpers.layers import FeedForward, RMSNorm
+from moe_helpers.moe import MoELayer
+
+D_MODEL, D_FF, NUM_EXPERTS, TOP_K = 32, 64, 4, 2
+torch.manual_seed(0)
+dense_ffn = FeedForward(D_MODEL, D_FF)
+moe = MoELayer(D_MODEL, D_FF, NUM_EXPERTS, TOP_K)
+
+ffn_parameters = sum(p.numel() for p in dense_ffn.parameters())
+expert_parameters = sum(p.numel() for p in moe.experts.parameters())
+router_parameters = moe.router.weight.numel()
+used_per_token = TOP_K * ffn_parameters + router_parameters
+print(moe.experts[0])
+print(f"one FFN:            {ffn_parameters:6,} parameters (3 * d_model * d_ff = {3 * D_MODEL * D_FF:,})")
+print(f"{NUM_EXPERTS} experts + router: {expert_parameters + router_parameters:6,} parameters "
+      f"(router: E * d_model = {router_parameters})")
+print(f"one token uses:     {used_per_token:6,} parameters = top-{TOP_K} experts + router "
+      f"({100 * used_per_token / (expert_parameters + router_parameters):.0f}% of the layer)")
+assert type(moe.experts[0]) is FeedForward
+assert expert_parameters == NUM_EXPERTS * ffn_parameters
+assert router_parameters == NUM_EXPERTS * D_MODEL
+
+# %% [markdown]
+# ## 2 · The router, step by step
+#
+# The router sees each token's normalised hidden state `x` (here: the sentence's tokens through a
+# freshly initialised embedding table and an RMSNorm, so the numbers are reproducible) and computes
+#
+# $$p = \mathrm{softmax}(x W_r), \qquad S = \text{top-}k(p), \qquad
+#   g_i = \frac{p_i}{\sum_{j \in S} p_j}\ (i \in S), \qquad y = \sum_{i \in S} g_i\, \mathrm{Expert}_i(x).$$
+#
+# Four lines of code, one per symbol:
+
+# %%
+torch.manual_seed(0)
+token_ids = torch.tensor(tokenizer.encode(SENTENCE))                        # (T,)
+embedding = torch.nn.Embedding(tokenizer.vocab_size, D_MODEL)
+with torch.no_grad():
+    x = RMSNorm(D_MODEL)(embedding(token_ids))                              # (T, d_model)
+
+    router_logits = x @ moe.router.weight.T                                 # (T, E)
+    router_probs = router_logits.softmax(dim=-1)                            # (T, E)
+    top_probs, top_experts = router_probs.topk(TOP_K, dim=-1)               # (T, k), (T, k)
+    top_weights = top_probs / top_probs.sum(dim=-1, keepdim=True)           # (T, k), rows sum to 1
+
+for t in range(3):
+    print(f"token {pieces[t]!r}")
+    print("  logits  ", [round(v, 3) for v in router_logits[t].tolist()])
+    print("  softmax ", [round(v, 3) for v in router_probs[t].tolist()])
+    print(f"  top-{TOP_K}    experts {top_experts[t].tolist()} with probabilities "
+          f"{[round(v, 3) for v in top_probs[t].tolist()]} (sum {top_probs[t].sum():.3f})")
+    print(f"  renormalised weights {[round(v, 3) for v in top_weights[t].tolist()]} (sum {top_weights[t].sum():.3f})")
+
+# %% [markdown]
+# An untrained router has only mild preferences: the probabilities stay within a factor of about
+# two of 1/E = 0.25, and the two chosen experts hold well under all of the probability (the "sum"
+# above); renormalising rescales their weights to sum to 1.  `MoELayer`'s router computes the same numbers:
+
+# %%
+with torch.no_grad():
+    library_weights, library_experts = moe.router.route(moe.router.logits(x))   # (T, k), (T, k)
+torch.testing.assert_close(library_weights, top_weights)
+assert torch.equal(library_experts, top_experts)
+print("router.route matches the four lines above for all", len(pieces), "tokens")
+
+# %% [markdown]
+# And the whole layer: the slow, obvious version loops over tokens and their chosen experts.
+# `MoELayer` must give the same output without any Python loop over tokens.
+
+# %%
+def moe_output_by_hand(x, layer, top_weights, top_experts):
+    """y_t = sum over the chosen experts i of g_ti * Expert_i(x_t), one token at a time."""
+    output = torch.zeros_like(x)                                            # (T, d_model)
+    for t in range(x.shape[0]):
+        for weight, expert in zip(top_weights[t], top_experts[t].tolist()):
+            output[t] += weight * layer.experts[expert](x[t])
+    return output
+
+
+with torch.no_grad():
+    by_hand = moe_output_by_hand(x, moe, top_weights, top_experts)
+    by_layer = moe(x)                                                       # (T, d_model)
+torch.testing.assert_close(by_layer, by_hand)
+print(f"MoELayer output equals the per-token loop: max |difference| = {(by_layer - by_hand).abs().max():.2e}")
+
+# %% [markdown]
+# ## 3 · Why renormalise the top-k weights?
+#
+# Make every expert a copy of expert 0 — exactly what *sparse upcycling* does when it turns a dense
+# model into an MoE (notebook 04).  Every token now sees the same function whichever experts it
+# picks, so the layer *should* output `Expert_0(x)`.  With renormalised weights (Mixtral) it does;
+# without (Switch / GShard style) the output is scaled by the probability mass of the chosen
+# experts, which is below 1 whenever k < E (and would be k/E for a perfectly uniform router).
+
+# %%
+torch.manual_seed(0)
+clones = MoELayer(D_MODEL, D_FF, num_experts=8, top_k=2)
+for expert in clones.experts[1:]:
+    expert.load_state_dict(clones.experts[0].state_dict())
+
+with torch.no_grad():
+    one_expert = clones.experts[0](x)                                       # (T, d_model)
+    renormalised = clones(x)
+    clones.router.renormalize = False                                       # Switch-style weights
+    raw = clones(x)
+    clones.router.renormalize = True
+    chosen_mass = clones.router.logits(x).softmax(-1).topk(2, dim=-1).values.sum(-1)   # (T,)
+
+ratio_renormalised = renormalised.norm(dim=-1) / one_expert.norm(dim=-1)    # (T,)
+ratio_raw = raw.norm(dim=-1) / one_expert.norm(dim=-1)                      # (T,)
+print(f"output norm / one expert's, renormalised:     mean {ratio_renormalised.mean():.4f}")
+print(f"output norm / one expert's, not renormalised: mean {ratio_raw.mean():.4f} "
+      f"(min {ratio_raw.min():.3f}, max {ratio_raw.max():.3f}); a uniform router would give k/E = {2 / 8:.3f}")
+torch.testing.assert_close(ratio_renormalised, torch.ones_like(ratio_renormalised))
+torch.testing.assert_close(ratio_raw, chosen_mass)    # scaled by exactly the chosen probability mass
+assert ratio_raw.max() < 1.0 and ratio_raw.mean() < 0.75
+
+# %% [markdown]
+# Without renormalisation the upcycled model's FFN outputs shrink to well under half their size:
+# a jump in the loss at the moment of upcycling.  Renormalising makes upcycling exact for *any* router.
+#
+# The choice has a second consequence.  With **top-1** and renormalisation the single weight is
+# always exactly 1, so the language-model loss gives the router **no gradient at all**; only the
+# auxiliary losses train it.  Switch Transformer (Fedus et al. 2021) uses top-1 *without*
+# renormalisation: the gate value `p_i` multiplies the expert output, and the router learns
+# from the loss.  Checked with one backward pass:
+
+# %%
+def router_gradient_norm(renormalize: bool, top_k: int = 1) -> float:
+    """Norm of the router's gradient from a loss on the layer's output alone (no aux loss)."""
+    torch.manual_seed(0)
+    layer = MoELayer(D_MODEL, D_FF, NUM_EXPERTS, top_k, renormalize=renormalize)
+    layer(x).pow(2).sum().backward()
+    return layer.router.weight.grad.norm().item()
+
+
+top1_renormalised, top1_switch = router_gradient_norm(True), router_gradient_norm(False)
+print(f"router gradient, top-1 renormalised: {top1_renormalised:.2e}  (zero up to float rounding: p / p = 1)")
+print(f"router gradient, top-1 Switch-style: {top1_switch:.2e}")
+assert top1_renormalised < 1e-5 * top1_switch and top1_switch > 1e-3
+
+# %% [markdown]
+# ## 4 · Dispatch: group the slots by expert
+#
+# Each token fills `k` **slots**.  `MoELayer` sorts the `T·k` slots by expert (`argsort`), so every
+# expert's slots form one contiguous slice; each expert then runs **once** on its slice, and the
+# weighted outputs are added back to their tokens (`index_add_`).  No expert computes a token it
+# was not chosen for.
+
+# %%
+slot_expert = top_experts.flatten()                                         # (T*k,) expert of each slot
+order = torch.argsort(slot_expert, stable=True)                             # (T*k,) slots grouped by expert
+tokens_per_expert = torch.bincount(slot_expert, minlength=NUM_EXPERTS)      # (E,)
+slot_token = order // TOP_K                                                 # (T*k,) the token of each sorted slot
+for expert, tokens in enumerate(slot_token.split(tokens_per_expert.tolist())):
+    print(f"expert {expert}: {len(tokens):2d} slots  {[pieces[t] for t in tokens.tolist()]}")
+print(f"expert rows computed: {int(tokens_per_expert.sum())} = T*k; "
+      f"running every expert on every token would be T*E = {len(pieces) * NUM_EXPERTS}")
+assert torch.equal(tokens_per_expert, moe.last_stats.tokens_per_expert)
+assert int(tokens_per_expert.sum()) == len(pieces) * TOP_K
+
+# %% [markdown]
+# `moe.last_stats` keeps these counts from every forward pass; the training loop records them at
+# each log step, and the utilisation plots below draw them.
+
+# %% [markdown]
+# ## 5 · Why routers collapse, and the load-balancing loss
+#
+# **The rich get richer.**  An expert that happens to receive more tokens early gets more gradient,
+# improves faster, and so its gate value helps the loss more; the router's gradient then raises its
+# score for *all* tokens that look alike — and the hidden states of a young model look very alike.
+# More tokens go to it, it improves further, and the other experts starve.  A collapsed layer is a
+# dense layer with extra memory.
+#
+# **The counterweight** (Switch Transformer, Fedus et al. 2021, eqs. 4-6, here for top-k):
+#
+# $$\mathcal{L}_{\text{balance}} = E \sum_{i=1}^{E} f_i\, P_i, \qquad
+#   f_i = \frac{\#\{\text{slots sent to } i\}}{N k}, \qquad P_i = \frac{1}{N}\sum_{t} p_{t,i}.$$
+#
+# `f` counts (no gradient), `P` averages the router probabilities (the gradient flows through it).
+# The product is smallest, exactly 1, when the load is uniform, and reaches `E` when one expert
+# takes everything.  By hand, on three routers for 64 tokens and 8 experts:
+
+# %%
+from moe_helpers.moe import load_balancing_loss
+
+
+def balance_loss_by_hand(router_logits, top_k):
+    """E * sum_i f_i * P_i (Switch Transformer, eq. 4) for router logits (N, E)."""
+    num_tokens, num_experts = router_logits.shape
+    probs = router_logits.softmax(dim=-1)                                   # (N, E)
+    chosen = probs.topk(top_k, dim=-1).indices                              # (N, k)
+    slot_fraction = torch.bincount(chosen.flatten(), minlength=num_experts) / (num_tokens * top_k)  # f, (E,)
+    mean_prob = probs.mean(dim=0)                                           # P, (E,)
+    return num_experts * (slot_fraction * mean_prob).sum()
+
+
+tokens_64 = torch.arange(64)
+routers = {
+    "balanced (token t -> expert t mod 8)": 10.0 * torch.nn.functional.one_hot(tokens_64 % 8, 8).float(),
+    "collapsed (every token -> expert 0)": 10.0 * torch.nn.functional.one_hot(tokens_64 * 0, 8).float(),
+    "random (a fresh router)": torch.randn(64, 8, generator=torch.Generator().manual_seed(0)) * 0.1,
+}
+balance = {}
+for name, logits in routers.items():
+    balance[name] = balance_loss_by_hand(logits, top_k=1)
+    torch.testing.assert_close(balance[name], load_balancing_loss(logits, top_k=1))
+    print(f"{name:38s} loss {balance[name]:.4f}")
+assert abs(balance["balanced (token t -> expert t mod 8)"] - 1.0) < 1e-3
+assert abs(balance["collapsed (every token -> expert 0)"] - 8.0) < 1e-2
+
+# %% [markdown]
+# ### The experiment: the same MoE, trained without and with the balancing loss
+#
+# A small GPT with Switch routing (top-1 of 8 experts by default, no renormalisation, so the router
+# learns from the language-model loss).  To make the rich-get-richer loop fast enough to see in 200
+# CPU steps, the router starts with larger weights (std 0.5 instead of 0.02: confident preferences from
+# the first step, as after a few steps at a high learning rate) and the learning rate is high.
+# Both runs start from **identical weights** and see **identical batches**; the only difference is
+# whether the optimiser adds the balancing loss (coefficient 0.1) to the language-model loss.
+
+# %%
+from moe_helpers.model import GPT
+from moe_helpers.train import train_phase
+
+ROUTER_INIT_STD = 0.5
+AUX_COEF = 0.1
+TRAINING = dict(steps=COLLAPSE_SIZES["steps"], lr=1e-2, batch_size=COLLAPSE_SIZES["batch_size"], seq_len=64,
+                warmup_steps=10, log_every=10, eval_every=COLLAPSE_SIZES["steps"], eval_batches=4,
+                device=device, seed=0, progress=False)
+
+
+def switch_moe(seed: int = 0) -> GPT:
+    """The experiment's model: top-1 Switch routing over several experts, a confident router."""
+    cfg = ModelConfig(vocab_size=tokenizer.vocab_size, d_model=COLLAPSE_SIZES["d_model"],
+                      n_layers=COLLAPSE_SIZES["n_layers"], n_heads=2, d_ff=2 * COLLAPSE_SIZES["d_model"],
+                      max_seq_len=128, num_experts=COLLAPSE_SIZES["num_experts"], top_k=1,
+                      renormalize_top_k=False, aux_loss_coef=AUX_COEF)
+    torch.manual_seed(seed)
+    model = GPT(cfg)
+    for layer in model.moe_layers:
+        torch.nn.init.normal_(layer.router.weight, std=ROUTER_INIT_STD)
+    return model
+
+
+print("without the balancing loss:")
+collapsed = switch_moe()
+history_without = train_phase(collapsed, data, use_aux_loss=False, **TRAINING)
+
+# %% [markdown]
+# The `aux` column above is the balancing term the run *ignored* (it is still computed and
+# logged): watch it grow as the router collapses.  Now the same model, same batches, with it:
+
+# %%
+print("with the balancing loss:")
+balanced = switch_moe()
+history_with = train_phase(balanced, data, use_aux_loss=True, **TRAINING)
+
+# %% [markdown]
+# One number per run: the busiest expert's share of the token slots, averaged over the MoE layers
+# and the last three log steps.  Perfect balance is 1/E.
+
+# %%
+def busiest_expert_share(history, last_logs: int = 3) -> float:
+    """The largest expert share of each MoE layer, averaged over layers and the last log steps."""
+    shares = [max(layer_load) for record in history.records[-last_logs:] for layer_load in record["expert_load"]]
+    return sum(shares) / len(shares)
+
+
+num_experts = COLLAPSE_SIZES["num_experts"]
+share_without, share_with = busiest_expert_share(history_without), busiest_expert_share(history_with)
+print(f"uniform share 1/E:                        {1 / num_experts:.3f}")
+print(f"busiest expert, without the balancing loss: {share_without:.3f}  "
+      f"(validation loss {history_without.last_val_loss:.3f})")
+print(f"busiest expert, with the balancing loss:    {share_with:.3f}  "
+      f"(validation loss {history_with.last_val_loss:.3f})")
+assert history_without.records[0]["expert_load"] == history_with.records[0]["expert_load"]  # same start
+assert share_without > 3 / num_experts, "expected the router to collapse without the balancing loss"
+assert share_with < 2 / num_experts, "expected balanced experts with the balancing loss"
+assert share_without > 2 * share_with
+
+# %%
+from moe_helpers.plots import plot_expert_utilisation, plot_utilisation_over_training, show_token_routing
+
+n_layers = COLLAPSE_SIZES["n_layers"]
+layers_shown = [0, n_layers - 1]
+fig, axes = plt.subplots(2, 2, figsize=(14, 7))
+for row, (label, history) in enumerate([("without", history_without), ("with", history_with)]):
+    for column, layer in enumerate(layers_shown):
+        plot_utilisation_over_training(history, layer=layer, ax=axes[row, column],
+                                       title=f"{label} the balancing loss, MoE layer {layer}")
+fig.tight_layout()
+plt.show()
+
+# %% [markdown]
+# *What to notice:* both runs start from the same routing and both wobble in the first steps;
+# without the balancing loss one expert per layer then climbs far above the dashed uniform line
+# while the others sink towards zero, and it never lets go; with it every expert is pulled back to
+# about 1/E.
+
+# %%
+fig, axes = plt.subplots(1, 2, figsize=(15, 0.6 * n_layers + 2.2))
+plot_expert_utilisation(history_without.records[-1]["expert_load"], ax=axes[0],
+                        title="Last log step, without the balancing loss")
+plot_expert_utilisation(history_with.records[-1]["expert_load"], ax=axes[1],
+                        title="Last log step, with the balancing loss")
+fig.tight_layout()
+plt.show()
+
+# %% [markdown]
+# *What to notice:* the heatmap of the collapsed run is one dark red cell per layer in a sea of
+# blue (starved experts); the balanced run is close to white (the uniform share) everywhere.
+#
+# Look back at the validation losses printed above: in a run this short the collapsed model is
+# *not* worse — its one busy expert saw nearly every token, so it trained like a dense FFN, while
+# each balanced expert saw about 1/E of the data.  What collapse costs is **capacity**: the
+# model stores E experts and uses one, so the extra parameters buy nothing, however long it
+# trains; and, as the next section shows, a collapsed layer overflows any fixed expert buffer.
+
+# %%
+fig, axes = plt.subplots(2, 1, figsize=(12, 3.6))
+show_token_routing(tokenizer, collapsed, SENTENCE, layer=0, ax=axes[0],
+                   title="Top-1 expert of each token, MoE layer 0, without the balancing loss")
+show_token_routing(tokenizer, balanced, SENTENCE, layer=0, ax=axes[1],
+                   title="Top-1 expert of each token, MoE layer 0, with the balancing loss")
+fig.tight_layout()
+plt.show()
+sentence_experts = {name: len(set(model.moe_layers[0].last_stats.top1_expert.tolist()))
+                    for name, model in [("collapsed", collapsed), ("balanced", balanced)]}
+print("distinct experts used by the sentence in layer 0:", sentence_experts)
+assert sentence_experts["collapsed"] < sentence_experts["balanced"]
+
+# %% [markdown]
+# *What to notice:* on a real sentence the collapsed router sends almost every token to the same
+# expert; the balanced router spreads the tokens over many experts, with similar tokens
+# (punctuation, names, function words) often sharing one.
+
+# %% [markdown]
+# ## 6 · Capacity factor and dropped tokens
+#
+# On accelerators every expert gets a fixed-size buffer of
+# `capacity = ceil(capacity_factor · N · k / E)` slots (GShard, Lepikhin et al. 2020; Switch uses
+# a factor of 1.0 to 1.25).  Slots beyond an expert's capacity are **dropped**: they contribute
+# zero, and only the residual connection carries those tokens on.  `MoELayer` counts them in
+# `last_stats.dropped_fraction`.  First the count by hand for one batch:
+
+# %%
+import math
+
+eval_inputs, _ = data.batch("val", 16, 64, device, torch.Generator().manual_seed(1))   # (16, 64)
+
+
+def dropped_fraction(model, inputs, capacity_factor, layer=0) -> float:
+    """Share of layer ``layer``'s token slots dropped when its experts have this capacity factor."""
+    moe_layer = model.moe_layers[layer]
+    saved, moe_layer.capacity_factor = moe_layer.capacity_factor, capacity_factor
+    try:
+        with torch.no_grad():
+            model(inputs)
+    finally:
+        moe_layer.capacity_factor = saved
+    return moe_layer.last_stats.dropped_fraction
+
+
+slots = eval_inputs.numel() * 1                                             # N tokens * k=1
+no_limit = dropped_fraction(collapsed, eval_inputs, None)                   # no limit: just route
+counts = collapsed.moe_layers[0].last_stats.tokens_per_expert              # (E,)
+capacity = math.ceil(1.0 * slots / num_experts)
+dropped_by_hand = (counts - capacity).clamp(min=0).sum().item() / slots
+print(f"collapsed model, layer 0: slots per expert {counts.tolist()}, capacity at factor 1.0 = {capacity}")
+print(f"dropped by hand: {dropped_by_hand:.3f}; measured by MoELayer: "
+      f"{dropped_fraction(collapsed, eval_inputs, 1.0):.3f}")
+assert no_limit == 0.0
+assert abs(dropped_by_hand - dropped_fraction(collapsed, eval_inputs, 1.0)) < 1e-6
+
+# %%
+capacity_factors = [0.25, 0.5, 0.75, 1.0, 1.25, 2.0, 3.0, 4.0, float(num_experts)]
+drops = {name: [dropped_fraction(model, eval_inputs, factor) for factor in capacity_factors]
+         for name, model in [("without balancing loss", collapsed), ("with balancing loss", balanced)]}
+
+fig, ax = plt.subplots(figsize=(7, 4))
+for name, fractions in drops.items():
+    ax.plot(capacity_factors, [100 * f for f in fractions], "o-", label=name)
+ax.axvline(1.25, color="grey", ls=":", label="factor 1.25 (Switch Transformer)")
+ax.set_xscale("log", base=2)
+ax.set_xticks(capacity_factors, [f"{f:g}" for f in capacity_factors])
+ax.set_xlabel("capacity factor (expert buffer / fair share)")
+ax.set_ylabel("token slots dropped, layer 0 (%)")
+ax.set_title("Dropped tokens against capacity factor")
+ax.grid(alpha=0.3)
+ax.legend()
+plt.show()
+for name, fractions in drops.items():
+    print(f"{name:24s}", "  ".join(f"{f:g}: {100 * d:4.1f}%" for f, d in zip(capacity_factors, fractions)))
+    assert all(a >= b for a, b in zip(fractions, fractions[1:])), "more capacity must never drop more"
+    assert fractions[-1] == 0.0                    # capacity factor E: room for every slot
+at_switch_factor = capacity_factors.index(1.25)
+assert drops["with balancing loss"][at_switch_factor] < 0.05
+assert drops["without balancing loss"][at_switch_factor] > drops["with balancing loss"][at_switch_factor] + 0.1
+
+# %% [markdown]
+# *What to notice:* the balanced model drops little once the capacity factor passes about 1.25;
+# the collapsed model keeps dropping a large share of its tokens until the buffers are several
+# times the fair share — balance is what makes a small, fixed capacity affordable.
+
+# %% [markdown]
+# ## 7 · Explore: experts, top-k and the balancing coefficient
+#
+# The widget trains a small MoE (2 blocks, d_model 64, Mixtral routing) for a few dozen steps with
+# the settings you choose — each setting once; moving a slider back is instant — and shows which
+# experts each token of your sentence goes to, with their gate weights, and the expert loads.
+# The top-k slider can never exceed the number of experts.  Try: 1 expert (a dense model); top-k
+# equal to the number of experts (every token uses everything); a coefficient of 0 against 0.5.
+
+# %%
+from moe_helpers.widgets import routing_explorer
+
+explorer = routing_explorer(num_experts=4, top_k=2, aux_loss_coef=0.01, data=data)
+explorer
+
+# %% [markdown]
+# ## Exercises
+#
+# **Exercise 1 — renormalised weights.**  A router gives one token the probabilities below.  Which
+# two weights does top-2 routing with renormalisation give the chosen experts (best first)?  Answer
+# with a tensor of two numbers.
+
+# %%
+exercise_probs = torch.tensor([0.05, 0.40, 0.10, 0.30, 0.15])
+answer = None  # your code here
+
+# %%
+from moe_helpers.moe import Router
+
+expected_router = Router(d_model=1, num_experts=5, top_k=2)
+expected_weights, expected_experts = expected_router.route(exercise_probs.log()[None, :])
+if answer is None:
+    print("not answered yet: take the two largest probabilities and divide each by their sum")
+else:
+    torch.testing.assert_close(torch.as_tensor(answer, dtype=torch.float32), expected_weights[0])
+    print(f"✓ experts {expected_experts[0].tolist()} get weights {expected_weights[0].tolist()}")
+
+# %% [markdown]
+# **Exercise 2 — the balancing loss of a real router.**  `captured_logits` holds the router logits
+# of the collapsed model's layer 0 on `eval_inputs` (one row per token).  Compute
+# `E * sum_i f_i * P_i` for top-1 routing yourself (without `load_balancing_loss`).
+
+# %%
+captured = {}   # the MoE layer's input: the normalised hidden states (16, 64, d_model)
+hook = collapsed.moe_layers[0].register_forward_hook(lambda module, inputs, output: captured.update(x=inputs[0]))
+with torch.no_grad():
+    collapsed(eval_inputs)
+    hook.remove()
+    hidden = captured["x"].reshape(-1, captured["x"].shape[-1])            # (N, d_model)
+    captured_logits = collapsed.moe_layers[0].router.logits(hidden)        # (N, E)
+print("captured router logits:", tuple(captured_logits.shape))
+answer = None  # your code here
+
+# %%
+expected_balance = load_balancing_loss(captured_logits, top_k=1).item()
+if answer is None:
+    print("not answered yet: f = bincount of the argmax / N, P = softmax(logits).mean(0), loss = E * (f * P).sum()")
+else:
+    assert abs(float(answer) - expected_balance) < 1e-4, f"expected {expected_balance:.4f}, got {float(answer):.4f}"
+    print(f"✓ balancing loss {expected_balance:.4f} (1.0 would be perfectly balanced, {num_experts} fully collapsed)")
+
+# %% [markdown]
+# **Exercise 3 — how many slots does a capacity limit drop?**  With the counts `counts` of the
+# collapsed model's layer 0 (printed in section 6, top-1 so one slot per token), how many token
+# slots are dropped at a capacity factor of 1.5?  Answer with an integer.
+
+# %%
+answer = None  # your code here
+
+# %%
+expected_dropped = round(dropped_fraction(collapsed, eval_inputs, 1.5) * slots)
+if answer is None:
+    print("not answered yet: capacity = ceil(1.5 * N * k / E); each expert drops max(0, count - capacity)")
+else:
+    assert int(answer) == expected_dropped, f"expected {expected_dropped}, got {answer}"
+    print(f"✓ {expected_dropped} of {slots} slots dropped at capacity factor 1.5")
