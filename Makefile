@@ -26,7 +26,7 @@ unit: $(STAMP)
 	$(BIN)/python -m pytest tests
 
 notebooks: $(STAMP)
-	$(BIN)/python -m pytest --nbmake --nbmake-timeout=900 notebooks
+	$(BIN)/python -m pytest --nbmake --nbmake-timeout=900 --durations=0 notebooks
 
 lab: $(STAMP)
 	$(BIN)/jupyter lab notebooks

@@ -171,10 +171,11 @@ class StoryTokenizer:
     def encode(self, text: str) -> list[int]:
         return self._tokenizer.encode(text).ids
 
-    def decode(self, ids) -> str:
+    def decode(self, ids, skip_special_tokens: bool = False) -> str:
+        """Text of token ids; ``<|endoftext|>`` is kept visible unless skipped."""
         if isinstance(ids, torch.Tensor):
             ids = ids.tolist()
-        return self._tokenizer.decode(list(ids))
+        return self._tokenizer.decode(list(ids), skip_special_tokens=skip_special_tokens)
 
     def tokens(self, text: str) -> list[str]:
         """The pieces a text is cut into, as readable strings."""

@@ -118,7 +118,9 @@ class GPT(nn.Module):
         """Append ``max_new_tokens`` sampled tokens to ``idx`` (B, T).
 
         ``temperature=0`` picks the most likely token (greedy); ``top_k`` keeps
-        only the k most likely tokens before sampling.
+        only the k most likely tokens before sampling.  A ``generator`` for
+        reproducible sampling must live on the model's device
+        (``torch.Generator(device=...)``).
         """
         if max_new_tokens < 0:
             raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")

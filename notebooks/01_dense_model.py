@@ -1,0 +1,686 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 01 · The dense model
+#
+# In this notebook you will:
+#
+# - load TinyStories (or its offline stand-in) and look at a few stories;
+# - train a byte-level BPE tokenizer and see how it cuts a sentence into tokens;
+# - build a Llama-style decoder piece by piece — RMSNorm, rotary position embeddings,
+#   causal grouped-query attention, the SwiGLU feed-forward network, a pre-norm block,
+#   the whole model — checking each piece on small numbers;
+# - confirm that `moe_helpers.model.GPT` computes exactly what you built, and that it is causal;
+# - train the `laptop` dense model on the CPU, plot its loss curve and let it write a story.
+#
+# This dense model is phase 1 of the course: notebook 04 turns it into a Mixture-of-Experts.
+#
+# **Run time:** about two minutes on a laptop CPU (most of it is the training cell).
+
+# %%
+# Setup: import the course helpers (installed by `make`, or found one folder up in a clone / Colab).
+try:
+    import moe_helpers
+except ImportError:
+    import sys, pathlib
+    sys.path.insert(0, str(pathlib.Path.cwd().parent))
+    import moe_helpers
+import torch
+import matplotlib.pyplot as plt
+from moe_helpers.train import pick_device
+device = pick_device()
+print("device:", device)
+
+# %% [markdown]
+# ### Scale up on a GPU
+#
+# The default sizes run on a laptop CPU in about two minutes. On a GPU, set `SCALE_UP = True`:
+# the model gets wider and deeper (d_model 384, 6 layers, grouped-query attention), reads ten
+# times more stories and trains for 2000 steps on longer, larger batches.
+
+# %%
+SCALE_UP = False  # True: bigger model (384 wide, 6 layers), 10x the stories, 2000 steps; wants a GPU
+
+# %%
+import math
+import time
+
+import torch.nn as nn
+import torch.nn.functional as F
+
+from moe_helpers.config import preset
+
+laptop = preset("laptop")
+if SCALE_UP:
+    model_cfg = laptop.model.replace(vocab_size=4096, d_model=384, n_layers=6, n_heads=6,
+                                     n_kv_heads=2, d_ff=1024)
+    train_cfg = laptop.train.replace(steps_phase1=2000, batch_size=32, seq_len=256,
+                                     eval_every=200, log_every=100, lr_phase1=1e-3)
+    story_limit = 200_000
+else:
+    model_cfg = laptop.model
+    train_cfg = laptop.train.replace(steps_phase1=250)  # fits the two-minute budget on a CPU
+    story_limit = 20_000   # the hub has 2.1 M stories; the offline corpus has fewer than this
+print(model_cfg)
+print(f"training: {train_cfg.steps_phase1} steps, batch {train_cfg.batch_size} x {train_cfg.seq_len} tokens, "
+      f"peak learning rate {train_cfg.lr_phase1}")
+
+# %% [markdown]
+# ## 1. The stories
+#
+# TinyStories (Eldan & Li 2023) is a set of short stories written with words a three-year-old
+# knows. Small models learn to write fluent English on it, which makes it ideal for a course that
+# trains on a laptop. `load_stories("auto")` reads it from the Hugging Face hub when the hub
+# answers, and otherwise falls back within a few seconds to an offline corpus that the package
+# generates. The line it prints tells you which one you got.
+#
+# **If it says "offline":** the offline corpus is a *generated stand-in* for TinyStories
+# (`moe_helpers.data.OFFLINE_NOTICE`): stories built from templates with hundreds of names,
+# objects and places. It is good for learning how everything works, but its losses are not
+# comparable to published TinyStories numbers.
+
+# %%
+from moe_helpers.data import load_stories
+
+stories = load_stories("auto", limit=story_limit)
+corpus_chars = sum(len(story) for story in stories)
+corpus_words = sum(len(story.split()) for story in stories)
+print(f"{len(stories):,} stories, {corpus_chars / 1e6:.2f} M characters, {corpus_words:,} words, "
+      f"{corpus_words / len(stories):.0f} words per story on average")
+assert len(stories) > 1000 and corpus_chars > 1_000_000, "expected at least 1 MB of stories"
+
+# %%
+for story in stories[:3]:
+    print(story, end="\n\n" + "-" * 80 + "\n\n")
+
+# %% [markdown]
+# ## 2. The tokenizer
+#
+# A language model reads integers, not letters. A **byte-level BPE** tokenizer (Sennrich et al.
+# 2016, as in GPT-2) starts from the 256 byte values and repeatedly merges the most frequent
+# adjacent pair into a new token until the vocabulary is full. Frequent words become one token;
+# rare words are spelled with several. We train it on our own stories with the `laptop`
+# preset's vocabulary size (it is cached on disk, so the second run is instant).
+
+# %%
+from moe_helpers.data import train_tokenizer
+
+started = time.perf_counter()
+tok = train_tokenizer(stories, vocab_size=model_cfg.vocab_size)
+print(f"vocabulary: {tok.vocab_size} tokens ({time.perf_counter() - started:.1f} s), "
+      f"<|endoftext|> has id {tok.eot_id}")
+assert tok.vocab_size == model_cfg.vocab_size
+
+# %%
+sentence = "Once upon a time, a little girl named Lily found a shiny red ball in the park."
+ids = tok.encode(sentence)
+print(len(sentence), "characters ->", len(ids), "tokens")
+print(tok.tokens(sentence))
+print(ids)
+
+# %% [markdown]
+# Common words are single tokens, and the space before a word belongs to the word (`' upon'`).
+# Rarer words are cut into pieces. Decoding the ids gives back exactly the text we started from:
+
+# %%
+round_trip = tok.decode(ids)
+print(round_trip)
+assert round_trip == sentence
+
+rare = "The xylophone-playing hippopotamus said: 'Zzz... 42!'"
+print(tok.tokens(rare))
+assert tok.decode(tok.encode(rare)) == rare   # byte level: any text survives the round trip
+
+sample = stories[:200]
+chars_per_token = sum(map(len, sample)) / sum(len(tok.encode(story)) for story in sample)
+print(f"on the stories, one token covers {chars_per_token:.2f} characters on average")
+assert chars_per_token > 2.5   # BPE compresses: a byte-per-token tokenizer would give 1.0
+
+# %% [markdown]
+# ## 3. The decoder, piece by piece
+#
+# The model is a Llama-style decoder-only transformer. Its blocks are **pre-norm** residual blocks:
+#
+# $$h = x + \mathrm{Attention}(\mathrm{RMSNorm}(x)), \qquad y = h + \mathrm{FFN}(\mathrm{RMSNorm}(h))$$
+#
+# We build each piece small enough to read in one cell, check it on numbers we can follow by
+# hand, and then check it against the module the rest of the course imports
+# (`moe_helpers.layers`, `moe_helpers.model`). The attribute names match those modules, so the
+# weights of one can be loaded into the other.
+#
+# ### 3.1 RMSNorm
+#
+# Root-mean-square normalisation (Zhang & Sennrich 2019, eq. 4) rescales each vector to unit RMS
+# and multiplies by a learned gain $g$ — no mean subtraction, no bias:
+#
+# $$y = \frac{x}{\sqrt{\tfrac{1}{d}\sum_i x_i^2 + \epsilon}} \odot g$$
+
+# %%
+torch.manual_seed(0)   # the random test inputs below are reproducible
+
+
+class MyRMSNorm(nn.Module):
+    """y = x / sqrt(mean(x^2) + eps) * g   (Zhang & Sennrich 2019, eq. 4), computed in float32."""
+
+    def __init__(self, dim: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))                       # g, (dim,)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x32 = x.float()
+        rms = torch.sqrt(x32.pow(2).mean(dim=-1, keepdim=True) + self.eps)  # (..., 1)
+        return self.weight * (x32 / rms).to(x.dtype)                     # (..., dim)
+
+
+x = torch.tensor([[3.0, 4.0]])            # mean of squares = (9 + 16) / 2 = 12.5, rms = 3.5355
+y = MyRMSNorm(2)(x)
+print("RMSNorm([3, 4]) =", y.detach())
+torch.testing.assert_close(y, torch.tensor([[3.0, 4.0]]) / math.sqrt(12.5 + 1e-5))
+print("RMS of the output:", y.pow(2).mean().sqrt().item())
+
+# %%
+from moe_helpers import layers
+
+x = torch.randn(2, 5, 16)                                                # (B, T, d_model)
+mine, theirs = MyRMSNorm(16), layers.RMSNorm(16)
+with torch.no_grad():
+    mine.weight.uniform_(0.5, 1.5)
+theirs.load_state_dict(mine.state_dict())
+torch.testing.assert_close(mine(x), theirs(x))
+print("MyRMSNorm == moe_helpers.layers.RMSNorm ✓")
+
+# %% [markdown]
+# ### 3.2 Rotary position embeddings (RoPE)
+#
+# Attention by itself does not know the order of the tokens. RoPE (Su et al. 2021, eq. 15)
+# rotates each query and key vector by an angle proportional to its position, so the dot
+# product $q_m \cdot k_n$ depends only on the distance $m - n$. A head's $d$ dimensions form
+# $d/2$ pairs; pair $i$ rotates by angle $\text{pos} \cdot \theta^{-2i/d}$ (fast for the first
+# pairs, slow for the last). In the **rotate-half** layout used by Llama, pair $i$ is
+# dimensions $(i,\ i + d/2)$, and the rotation is
+#
+# $$\mathrm{RoPE}(x) = x \odot \cos + \mathrm{rotate\_half}(x) \odot \sin, \qquad
+#   \mathrm{rotate\_half}([x_1, x_2]) = [-x_2, x_1]$$
+
+# %%
+def my_rope_tables(head_dim: int, seq_len: int, theta: float = 10000.0):
+    """cos and sin of the RoPE angles pos * theta^(-2i/head_dim) (Su et al. 2021, eq. 15).
+
+    Computed in float64 so that large positions keep their precision; returns (T, head_dim) x 2.
+    """
+    inverse_freq = theta ** (-torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)  # (hd/2,)
+    positions = torch.arange(seq_len, dtype=torch.float64)                                 # (T,)
+    angles = torch.outer(positions, inverse_freq)                                          # (T, hd/2)
+    angles = torch.cat([angles, angles], dim=-1)                                           # (T, hd)
+    return angles.cos().float(), angles.sin().float()
+
+
+def my_rotate_half(x: torch.Tensor) -> torch.Tensor:
+    """[x1, x2] -> [-x2, x1] on the last dimension."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat([-x2, x1], dim=-1)
+
+
+def my_apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate x (..., T, head_dim) by its position: x * cos + rotate_half(x) * sin."""
+    return x * cos + my_rotate_half(x) * sin
+
+
+# One pair (head_dim = 2): the vector (1, 0) at position p turns by p radians.
+cos, sin = my_rope_tables(head_dim=2, seq_len=4)
+rotated = my_apply_rope(torch.tensor([1.0, 0.0]).expand(4, 2), cos, sin)  # (T=4, 2)
+print("(1, 0) at positions 0..3 ->\n", rotated)
+expected = torch.stack([torch.cos(torch.arange(4.0)), torch.sin(torch.arange(4.0))], dim=-1)
+torch.testing.assert_close(rotated, expected)
+
+# %% [markdown]
+# Two properties make RoPE work: a rotation keeps the length of a vector, and the score between
+# a query at position $m$ and a key at position $n$ depends only on $m - n$.
+
+# %%
+def rope_score(q: torch.Tensor, k: torch.Tensor, query_pos: int, key_pos: int) -> float:
+    """q . k after rotating q (head_dim,) to query_pos and k (head_dim,) to key_pos."""
+    cos, sin = my_rope_tables(q.shape[-1], max(query_pos, key_pos) + 1)     # (T, hd) x 2
+    q_rotated = my_apply_rope(q, cos[query_pos], sin[query_pos])
+    k_rotated = my_apply_rope(k, cos[key_pos], sin[key_pos])
+    return (q_rotated @ k_rotated).item()
+
+
+head_dim = 16
+cos, sin = my_rope_tables(head_dim, seq_len=64)
+q, k = torch.randn(head_dim), torch.randn(head_dim)
+q_at_40 = my_apply_rope(q, cos[40], sin[40])
+print(f"|q| = {q.norm():.4f}, |RoPE(q) at position 40| = {q_at_40.norm():.4f}")
+print(f"score(5, 3) = {rope_score(q, k, 5, 3):.4f}   score(45, 43) = {rope_score(q, k, 45, 43):.4f}"
+      "   (same distance 2)")
+print(f"score(5, 0) = {rope_score(q, k, 5, 0):.4f}   (distance 5)")
+assert math.isclose(q_at_40.norm().item(), q.norm().item(), rel_tol=1e-5)
+assert math.isclose(rope_score(q, k, 5, 3), rope_score(q, k, 45, 43), rel_tol=1e-4, abs_tol=1e-4)
+
+# %%
+their_cos, their_sin = layers.rope_frequencies(head_dim, 64)
+torch.testing.assert_close((cos, sin), (their_cos, their_sin))
+x = torch.randn(2, 4, 64, head_dim)                                      # (B, H, T, hd)
+torch.testing.assert_close(my_apply_rope(x, cos, sin), layers.apply_rope(x, their_cos, their_sin))
+print("my RoPE == moe_helpers.layers.apply_rope ✓")
+
+# %% [markdown]
+# ### 3.3 Causal attention with grouped-query heads
+#
+# Each head scores every pair of positions, hides the future, and mixes the values
+# (Vaswani et al. 2017, eq. 1):
+#
+# $$\mathrm{Attention}(Q, K, V) = \mathrm{softmax}\!\left(\frac{Q K^\top}{\sqrt{d_{head}}} + M\right) V,
+#   \qquad M_{ts} = -\infty \text{ for } s > t$$
+#
+# The mask $M$ makes the model **causal**: position $t$ only sees positions $\le t$, so it
+# can be trained to predict token $t+1$ at every position at once. **Grouped-query attention**
+# (Ainslie et al. 2023) lets several query heads share one key/value head: with `n_heads = 4`
+# and `n_kv_heads = 2`, query heads 0 and 1 read key/value head 0, heads 2 and 3 read head 1.
+# It shrinks the key/value cache at generation time; with `n_kv_heads = n_heads` it is ordinary
+# multi-head attention.
+
+# %%
+def causal_attention_weights(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d_head) + causal mask), q and k: (B, H, T, hd) -> (B, H, T, T)."""
+    T, head_dim = q.shape[-2], q.shape[-1]
+    scores = q @ k.transpose(-2, -1) / math.sqrt(head_dim)                    # (B, H, T, T)
+    future = torch.ones(T, T, dtype=torch.bool, device=q.device).triu(diagonal=1)  # s > t
+    return scores.masked_fill(future, float("-inf")).softmax(dim=-1)          # (B, H, T, T)
+
+
+weights = causal_attention_weights(torch.randn(1, 1, 4, 8), torch.randn(1, 1, 4, 8))[0, 0]
+print("attention weights of one head (row t = query position):\n", weights.numpy().round(3))
+assert torch.all(weights.triu(diagonal=1) == 0), "no weight on the future"
+torch.testing.assert_close(weights.sum(-1), torch.ones(4))               # each row sums to 1
+assert weights[0, 0] == 1.0                                              # the first token sees only itself
+
+
+# %%
+class MyAttention(nn.Module):
+    """Causal self-attention with RoPE and grouped-query heads (Vaswani et al. 2017, eq. 1;
+    Su et al. 2021; Ainslie et al. 2023). Query head h reads key/value head h // (H / H_kv)."""
+
+    def __init__(self, d_model: int, n_heads: int, n_kv_heads: int, head_dim: int,
+                 max_seq_len: int, rope_theta: float = 10000.0):
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.head_dim = n_heads, n_kv_heads, head_dim
+        self.wq = nn.Linear(d_model, n_heads * head_dim, bias=False)
+        self.wk = nn.Linear(d_model, n_kv_heads * head_dim, bias=False)
+        self.wv = nn.Linear(d_model, n_kv_heads * head_dim, bias=False)
+        self.wo = nn.Linear(n_heads * head_dim, d_model, bias=False)
+        cos, sin = my_rope_tables(head_dim, max_seq_len, rope_theta)
+        self.register_buffer("rope_cos", cos, persistent=False)                # (T_max, hd)
+        self.register_buffer("rope_sin", sin, persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, _ = x.shape                                                      # (B, T, d_model)
+        q = self.wq(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)     # (B, H, T, hd)
+        k = self.wk(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, H_kv, T, hd)
+        v = self.wv(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, H_kv, T, hd)
+        cos, sin = self.rope_cos[:T], self.rope_sin[:T]                        # (T, hd)
+        q, k = my_apply_rope(q, cos, sin), my_apply_rope(k, cos, sin)
+        group = self.n_heads // self.n_kv_heads                                # query heads per kv head
+        k = k.repeat_interleave(group, dim=1)                                  # (B, H, T, hd)
+        v = v.repeat_interleave(group, dim=1)                                  # (B, H, T, hd)
+        out = causal_attention_weights(q, k) @ v                               # (B, H, T, hd)
+        out = out.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)  # (B, T, H*hd)
+        return self.wo(out)                                                    # (B, T, d_model)
+
+
+attention = MyAttention(d_model=32, n_heads=4, n_kv_heads=2, head_dim=8, max_seq_len=16)
+print({name: tuple(p.shape) for name, p in attention.named_parameters()})
+x = torch.randn(2, 10, 32)                                               # (B, T, d_model)
+print("output shape:", tuple(attention(x).shape))
+assert attention.wk.weight.shape == (2 * 8, 32)     # 2 kv heads: half the size of wq
+
+# %%
+theirs = layers.Attention(d_model=32, n_heads=4, n_kv_heads=2, head_dim=8, max_seq_len=16)
+theirs.load_state_dict(attention.state_dict())
+torch.testing.assert_close(attention(x), theirs(x))   # theirs uses F.scaled_dot_product_attention
+print("MyAttention == moe_helpers.layers.Attention ✓")
+
+# %% [markdown]
+# ### 3.4 The SwiGLU feed-forward network
+#
+# After attention has mixed information *between* positions, the feed-forward network
+# transforms each position on its own. Llama uses SwiGLU (Shazeer 2020, eq. 6): a gate and an
+# up projection, multiplied element-wise, then a down projection:
+#
+# $$\mathrm{FFN}(x) = W_2\big(\mathrm{SiLU}(W_1 x) \odot W_3 x\big), \qquad \mathrm{SiLU}(z) = z\,\sigma(z)$$
+#
+# This network is what the Mixture-of-Experts replaces: in notebook 02 each *expert* is one of these.
+
+# %%
+def my_silu(z: torch.Tensor) -> torch.Tensor:
+    """SiLU(z) = z * sigmoid(z) (Hendrycks & Gimpel 2016; Elfwing et al. 2018)."""
+    return z * torch.sigmoid(z)
+
+
+z = torch.tensor([-6.0, -1.0, 0.0, 1.0, 6.0])
+print("SiLU", z.tolist(), "->", [round(v, 4) for v in my_silu(z).tolist()])
+torch.testing.assert_close(my_silu(z), F.silu(z))
+assert my_silu(torch.tensor(0.0)) == 0 and abs(my_silu(torch.tensor(-20.0))) < 1e-6  # off for negatives
+
+
+class MySwiGLU(nn.Module):
+    """FFN(x) = W2 (SiLU(W1 x) * W3 x)   (Shazeer 2020, eq. 6). w1: gate, w3: up, w2: down."""
+
+    def __init__(self, d_model: int, d_ff: int):
+        super().__init__()
+        self.w1 = nn.Linear(d_model, d_ff, bias=False)    # gate
+        self.w3 = nn.Linear(d_model, d_ff, bias=False)    # up
+        self.w2 = nn.Linear(d_ff, d_model, bias=False)    # down
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        hidden = my_silu(self.w1(x)) * self.w3(x)          # (..., d_ff)
+        return self.w2(hidden)                             # (..., d_model)
+
+
+# A hand-sized check: d_model = 1, d_ff = 1, all weights 1 -> FFN(x) = SiLU(x) * x.
+unit = MySwiGLU(1, 1)
+for weight in (unit.w1.weight, unit.w3.weight, unit.w2.weight):
+    nn.init.ones_(weight)
+torch.testing.assert_close(unit(torch.tensor([[2.0]])), my_silu(torch.tensor([[2.0]])) * 2.0)
+
+ffn, their_ffn = MySwiGLU(32, 96), layers.FeedForward(32, 96)
+their_ffn.load_state_dict(ffn.state_dict())
+torch.testing.assert_close(ffn(x), their_ffn(x))
+print("MySwiGLU == moe_helpers.layers.FeedForward ✓")
+
+# %% [markdown]
+# ### 3.5 A pre-norm block and the whole model
+#
+# A block normalises *before* each sub-layer and adds the result back to the residual stream.
+# The model embeds the token ids, runs the blocks, normalises once more and projects to one
+# logit per vocabulary entry (the LM head). The logit vector at position $t$ is the model's
+# prediction of token $t+1$.
+
+# %%
+from moe_helpers.config import ModelConfig
+
+
+class MyBlock(nn.Module):
+    """h = x + Attention(RMSNorm(x));  y = h + FFN(RMSNorm(h))   (pre-norm, as in Llama)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.attention_norm = MyRMSNorm(cfg.d_model, cfg.norm_eps)
+        self.attention = MyAttention(cfg.d_model, cfg.n_heads, cfg.kv_heads, cfg.head_size,
+                                     cfg.max_seq_len, cfg.rope_theta)
+        self.ffn_norm = MyRMSNorm(cfg.d_model, cfg.norm_eps)
+        self.ffn = MySwiGLU(cfg.d_model, cfg.d_ff)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attention(self.attention_norm(x))                   # (B, T, d_model)
+        return x + self.ffn(self.ffn_norm(x))                            # (B, T, d_model)
+
+
+class MyGPT(nn.Module):
+    """Token embedding -> n_layers blocks -> RMSNorm -> LM head: logits (B, T, vocab_size)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.tok_embeddings = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.layers = nn.ModuleList(MyBlock(cfg) for _ in range(cfg.n_layers))
+        self.norm = MyRMSNorm(cfg.d_model, cfg.norm_eps)
+        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        x = self.tok_embeddings(idx)                                     # (B, T, d_model)
+        for block in self.layers:
+            x = block(x)                                                 # (B, T, d_model)
+        return self.lm_head(self.norm(x))                                # (B, T, vocab_size)
+
+
+# %% [markdown]
+# Now the real test: build `moe_helpers.model.GPT` with the `laptop` config, copy its weights
+# into our model, and feed both the same tokens of a real story. The logits must agree.
+
+# %%
+from moe_helpers.model import GPT
+
+torch.manual_seed(0)
+reference = GPT(model_cfg).eval()
+mine = MyGPT(model_cfg).eval()
+mine.load_state_dict(reference.state_dict())        # strict: every name and shape must match
+
+idx = torch.tensor([tok.encode(stories[0])[:64]])                        # (B=1, T=64)
+with torch.no_grad():
+    my_logits = mine(idx)                                                # (1, 64, vocab_size)
+    their_logits = reference(idx).logits
+max_diff = (my_logits - their_logits).abs().max().item()
+print(f"logits {tuple(my_logits.shape)}, max |difference| = {max_diff:.2e}")
+torch.testing.assert_close(my_logits, their_logits)
+assert max_diff < 1e-4
+print("MyGPT == moe_helpers.model.GPT ✓")
+
+# %% [markdown]
+# **Causality, checked.** Change one token in the middle of the story. The logits at every
+# earlier position must stay exactly as they were; the logits from that position on may change.
+
+# %%
+changed_at = 40
+edited = idx.clone()
+edited[0, changed_at] = (edited[0, changed_at] + 1) % model_cfg.vocab_size
+with torch.no_grad():
+    edited_logits = reference(edited).logits
+before = (edited_logits[:, :changed_at] - their_logits[:, :changed_at]).abs().max().item()
+after = (edited_logits[:, changed_at:] - their_logits[:, changed_at:]).abs().max().item()
+print(f"token {changed_at} changed: max |Δlogits| before it = {before:.1e}, from it on = {after:.1e}")
+assert before < 1e-5, "an earlier position saw a future token"
+assert after > 1e-3, "the changed token should change its own prediction"
+
+# %% [markdown]
+# ## 4. Training the dense model
+#
+# Training data are random windows of `seq_len + 1` tokens from the token stream of all stories
+# (with `<|endoftext|>` between them): the first `seq_len` tokens are the input, the same window
+# shifted by one is the target. `prepare_data` loads the stories, reuses the cached tokenizer
+# and encodes the train and validation splits.
+
+# %%
+from moe_helpers.data import prepare_data
+
+started = time.perf_counter()
+data = prepare_data("auto", vocab_size=model_cfg.vocab_size, limit=story_limit)
+print(f"{data.train.numel():,} training tokens, {data.val.numel():,} validation tokens "
+      f"({time.perf_counter() - started:.1f} s)")
+assert data.tokenizer.encode(sentence) == tok.encode(sentence)   # the same tokenizer as above
+
+inputs, targets = data.batch("train", batch_size=2, seq_len=12, generator=torch.Generator().manual_seed(0))
+print("inputs :", inputs[0].tolist())
+print("targets:", targets[0].tolist())
+print(repr(tok.decode(inputs[0])), "->", repr(tok.decode(targets[0][-1:])))
+assert torch.equal(inputs[:, 1:], targets[:, :-1])               # targets = inputs shifted by one
+
+# %% [markdown]
+# `train_phase` runs AdamW with a short linear warm-up and a cosine decay of the learning rate,
+# clips the gradient norm, and measures the validation loss every `eval_every` steps. The loss
+# is the mean cross-entropy of the next token, in nats per token.
+
+# %%
+from moe_helpers.accounting import count_parameters
+from moe_helpers.train import train_phase
+
+torch.manual_seed(train_cfg.seed)
+model = GPT(model_cfg)
+print(f"{count_parameters(model).total / 1e6:.2f} M parameters")
+history = train_phase(
+    model, data, steps=train_cfg.steps_phase1, lr=train_cfg.lr_phase1,
+    batch_size=train_cfg.batch_size, seq_len=train_cfg.seq_len, warmup_steps=train_cfg.warmup_steps,
+    min_lr_ratio=train_cfg.min_lr_ratio, weight_decay=train_cfg.weight_decay,
+    grad_clip=train_cfg.grad_clip, log_every=train_cfg.log_every, eval_every=train_cfg.eval_every,
+    eval_batches=train_cfg.eval_batches, device=device, seed=train_cfg.seed,
+)
+
+# %%
+evaluated = history.evaluated()
+first_val, last_val = evaluated[0]["val_loss"], evaluated[-1]["val_loss"]
+seconds = history.records[-1]["seconds"]
+print(f"validation loss {first_val:.3f} -> {last_val:.3f} in {train_cfg.steps_phase1} steps "
+      f"({seconds:.0f} s, {seconds / train_cfg.steps_phase1:.2f} s/step, {history.tokens:,} tokens)")
+assert last_val < first_val - 3.0, "training should lower the validation loss by several nats"
+
+# %%
+from moe_helpers.plots import plot_losses
+
+ax = plot_losses(history, title=f"Dense {model_cfg.d_model}-wide, {model_cfg.n_layers}-layer model on {data.source} data")
+ax.axhline(math.log(model_cfg.vocab_size), color="gray", ls="--", lw=1, label="ln(vocab_size): uniform guess")
+ax.legend()
+plt.show()
+
+# %% [markdown]
+# *What to notice:* the loss starts at the dashed line (a uniform guess over the vocabulary),
+# falls steeply in the first hundred steps as the model learns frequent words and phrases, and
+# the validation curve tracks the training curve closely (no overfitting at this size).
+
+# %% [markdown]
+# ## 5. Writing a story
+#
+# `model.generate` appends one token at a time: it runs the model on the text so far, divides the
+# last position's logits by a *temperature*, keeps the `top_k` most likely tokens and samples one.
+#
+# To see what training bought, we compare with the untrained model and measure the share of
+# the generated *word pairs* ("little boy", "boy named") that also occur somewhere in the
+# training stories: a model that only learned which words are frequent strings them together in
+# pairs nobody writes, while a model that learned some grammar reuses real ones.
+
+# %%
+import re
+
+
+def word_pairs(text: str) -> list[tuple[str, str]]:
+    """Consecutive pairs of lower-case words: "The cat sat" -> [("the", "cat"), ("cat", "sat")]."""
+    words = re.findall(r"[a-z]+", text.lower())
+    return list(zip(words, words[1:]))
+
+
+def known_pair_share(text: str, known_pairs: set[tuple[str, str]]) -> float:
+    """Fraction of the word pairs of ``text`` that occur in ``known_pairs``."""
+    pairs = word_pairs(text)
+    return sum(pair in known_pairs for pair in pairs) / max(1, len(pairs))
+
+
+def write_story(model: nn.Module, tokenizer, prompt: str, new_tokens: int = 120,
+                temperature: float = 0.8, seed: int = 0) -> str:
+    """Continue ``prompt`` with up to ``new_tokens`` sampled tokens; stop at the end-of-story token."""
+    device = next(model.parameters()).device
+    idx = torch.tensor([tokenizer.encode(prompt)], device=device)           # (1, T_prompt)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    out = model.generate(idx, new_tokens, temperature=temperature, top_k=50, generator=generator)
+    ids = out[0].tolist()                                                  # prompt + new tokens
+    assert len(ids) == idx.shape[1] + new_tokens and 0 <= min(ids) and max(ids) < tokenizer.vocab_size
+    if tokenizer.eot_id in ids:
+        ids = ids[:ids.index(tokenizer.eot_id)]                            # the story has ended
+    return tokenizer.decode(ids)
+
+
+corpus_pairs = {pair for story in stories for pair in word_pairs(story)}
+prompt = "Once upon a time, there was a little"
+story = write_story(model, tok, prompt)
+print(story)
+
+# %%
+torch.manual_seed(1)
+untrained_story = write_story(GPT(model_cfg).to(device), tok, prompt, new_tokens=60)
+trained_share = known_pair_share(story[len(prompt):], corpus_pairs)
+untrained_share = known_pair_share(untrained_story[len(prompt):], corpus_pairs)
+print("untrained model:", untrained_story.replace("\n", " "))
+print(f"\nword pairs also found in the training stories: trained {trained_share:.0%}, "
+      f"untrained {untrained_share:.0%}")
+assert trained_share > 0.6 and trained_share > untrained_share + 0.3
+
+# %% [markdown]
+# What does the model think comes right after the prompt? Its last logit vector, turned into
+# probabilities, is the distribution that `generate` samples from.
+
+# %%
+with torch.no_grad():
+    prompt_ids = torch.tensor([tok.encode(prompt)], device=device)             # (1, T_prompt)
+    next_logits = model(prompt_ids).logits[0, -1].float().cpu()               # (vocab_size,)
+top = next_logits.softmax(dim=-1).topk(5)
+print(f"after {prompt!r}:")
+for probability, token_id in zip(top.values.tolist(), top.indices.tolist()):
+    print(f"  {tok.decode([token_id])!r:>12} {probability:6.1%}")
+assert top.values.sum() > 40 * 5 / model_cfg.vocab_size, "the trained model should be far from uniform"
+
+# %% [markdown]
+# ## 6. Exercises
+#
+# Each exercise has a cell for your answer (replace `None`) and a cell that checks it.
+#
+# **Exercise 1 — count the parameters of one block by hand.** Using only the numbers in
+# `model_cfg` (`d_model`, `n_heads`, `kv_heads`, `head_size`, `d_ff`), write a formula for the
+# number of parameters in one block: the four attention matrices, the three SwiGLU matrices and
+# the two RMSNorm gains. (There are no biases.)
+
+# %%
+answer = None  # your code here, e.g. answer = model_cfg.d_model * ... + ...
+
+# %%
+expected = sum(p.numel() for p in model.layers[0].parameters())
+if answer is None:
+    print("not answered yet: wq is d_model x (n_heads * head_size); wk and wv use kv_heads; "
+          "each SwiGLU matrix has d_model * d_ff entries; each gain has d_model")
+else:
+    assert answer == expected, f"{answer:,} is not the {expected:,} parameters counted from the module"
+    print(f"✓ {expected:,} parameters per block, "
+          f"{model_cfg.n_layers * expected / count_parameters(model).total:.0%} of the model in all blocks")
+
+# %% [markdown]
+# **Exercise 2 — the loss at step 0.** Before training, the model's logits are all close to zero,
+# so its prediction is close to uniform over the vocabulary. What is the cross-entropy (in nats
+# per token) of a model that gives every one of the `model_cfg.vocab_size` tokens the same
+# probability? Compare your number with the validation loss at step 0 of the run above.
+
+# %%
+answer = None  # your code here
+
+# %%
+val_targets = data.val[: 4096]                                           # real next tokens
+uniform_logits = torch.zeros(val_targets.numel(), model_cfg.vocab_size)   # equal probabilities
+expected = F.cross_entropy(uniform_logits, val_targets).item()
+print(f"validation loss at step 0: {first_val:.3f} nats/token")
+assert abs(first_val - expected) < 0.3, "a freshly initialised model should start near the uniform loss"
+if answer is None:
+    print("not answered yet: if each token has probability 1/V, the cross-entropy is -log(1/V)")
+else:
+    assert math.isclose(answer, expected, rel_tol=1e-4), f"{answer} is not the uniform loss {expected:.4f}"
+    print(f"✓ ln({model_cfg.vocab_size}) = {expected:.4f}: the untrained model is a near-uniform guess")
+
+# %% [markdown]
+# **Exercise 3 — temperature.** `generate` divides the logits by the temperature before the
+# softmax. Take `next_logits` (the trained model's logits for the token after `prompt`) and compute the
+# **entropy** (in nats) of the next-token distribution at temperatures 0.5, 1.0 and 2.0, as a
+# list of three floats. Then run `write_story(model, tok, prompt, temperature=...)` with a low
+# and a high temperature and read the two stories: which one is safer, which one is wilder?
+
+# %%
+answer = None  # your code here: [entropy at 0.5, entropy at 1.0, entropy at 2.0], from next_logits
+
+# %%
+temperatures = [0.5, 1.0, 2.0]
+expected = [torch.distributions.Categorical(logits=next_logits / t).entropy().item() for t in temperatures]
+assert expected[0] < expected[1] < expected[2], "a higher temperature flattens the distribution"
+if answer is None:
+    print("not answered yet: p = softmax(logits / T); entropy = -sum(p * log p)")
+else:
+    assert len(answer) == 3 and all(math.isclose(a, e, rel_tol=1e-3, abs_tol=1e-4)
+                                    for a, e in zip(answer, expected)), f"{answer} != {expected}"
+    print("✓ entropy at T = 0.5, 1, 2:", [round(e, 3) for e in expected],
+          "— low temperature sharpens the choice, high temperature spreads it")
