@@ -19,8 +19,14 @@ Every variant is first checked to compute the same outputs and input gradients
 as ``MoELayer``.  Targets: moe / dense <= 1.1, and faster than the transformers
 block, at the ``laptop`` size and larger.
 
-    python benchmarks/moe_layer.py            # all sizes
-    python benchmarks/moe_layer.py --quick    # laptop size and one larger, fewer repeats
+    python benchmarks/moe_layer.py                          # all sizes, torch's default threads
+    python benchmarks/moe_layer.py --quick                  # laptop size and one larger, fewer repeats
+    python benchmarks/moe_layer.py --threads 1 --clock cpu  # the arithmetic alone, steady on a busy machine
+
+On a machine shared with other jobs, multi-threaded timings mostly measure
+waits for the scheduler, once per operation: the MoE layer runs E times as many
+matrix products as the dense FFN (each E times smaller), so it pays those waits
+E times as often.  ``--threads 1 --clock cpu`` takes them out.
 """
 
 from __future__ import annotations
@@ -259,7 +265,7 @@ def print_machine_load() -> None:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="two sizes, fewer repeats (about a minute)")
+    parser.add_argument("--quick", action="store_true", help="two sizes, fewer repeats (a minute or two)")
     parser.add_argument("--repeats", type=int, default=None, help="timed repeats per variant (default 15, quick 5)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed runs per variant first")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")

@@ -145,23 +145,22 @@ class Run:
         return report
 
     def write_plots(self) -> None:
-        import matplotlib
-        matplotlib.use("Agg", force=False)
-        import matplotlib.pyplot as plt
+        """loss_curve.png and expert_utilisation.png, drawn without pyplot so that
+        the caller's backend and open figures (a notebook's) are left alone."""
+        from matplotlib.figure import Figure
 
         from .plots import plot_expert_utilisation, plot_phases
 
         jumps = {entry["phase"]: entry["jump"] for entry in self.summary if entry.get("jump") is not None}
-        ax = plot_phases(self.history, jumps)
-        ax.figure.savefig(self.out / "loss_curve.png", dpi=120, bbox_inches="tight")
-        plt.close(ax.figure)
+        figure = Figure(figsize=(9, 4.5), layout="constrained")
+        plot_phases(self.history, jumps, ax=figure.subplots())
+        figure.savefig(self.out / "loss_curve.png", dpi=120, bbox_inches="tight")
         loads = [(f"end of phase {r['phase']}", r["expert_load"]) for r in self._last_records() if r["expert_load"]]
         if loads:
-            fig, axes = plt.subplots(1, len(loads), figsize=(6 * len(loads), 3.5), squeeze=False)
-            for ax, (title, load) in zip(axes[0], loads):
+            figure = Figure(figsize=(6 * len(loads), 3.5), layout="constrained")
+            for ax, (title, load) in zip(figure.subplots(1, len(loads), squeeze=False)[0], loads):
                 plot_expert_utilisation(load, ax=ax, title=f"Expert utilisation, {title}")
-            fig.savefig(self.out / "expert_utilisation.png", dpi=120, bbox_inches="tight")
-            plt.close(fig)
+            figure.savefig(self.out / "expert_utilisation.png", dpi=120, bbox_inches="tight")
 
     def _last_records(self) -> list[dict]:
         """The last log record of each phase."""

@@ -204,8 +204,6 @@ print("writing to", OUT)
 started = time.perf_counter()
 summary = run_pipeline("laptop", "auto", out=OUT, progress=True, **RUN_STEPS)
 print(f"the three phases took {time.perf_counter() - started:.0f} s")
-# %matplotlib inline
-# (writing the run's PNG files selects matplotlib's file-only backend; the line above shows figures here again)
 
 # %% [markdown]
 # Read the output from top to bottom: three banners with growing totals, the loss falling within each
@@ -388,7 +386,6 @@ else:
     raise AssertionError("an existing run folder was overwritten")
 
 resumed = run_pipeline("laptop", "auto", out=OUT, resume=True, progress=False, **RUN_STEPS)
-# %matplotlib inline
 assert resumed == summary
 print("✓ resuming the finished run trained nothing and gave back the same summary")
 
