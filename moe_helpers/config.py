@@ -282,7 +282,6 @@ class Preset:
     width_factor: int               # phase 3: grow width by this factor ...
     new_layers: int                 # ... and insert this many blocks
     train: TrainConfig = field(default_factory=TrainConfig)
-    vocab_size_note: str = ""
 
     def phase_configs(self) -> tuple[ModelConfig, ModelConfig, ModelConfig]:
         """The model configs of phases 1, 2 and 3."""

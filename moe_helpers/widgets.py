@@ -8,6 +8,30 @@ numbers a learner sees are the numbers the tests check.
 from __future__ import annotations
 
 
+def _redraw(output, compute, show, refusal: str) -> None:
+    """Clear a widget's ``output`` and ``show(compute())`` in it.
+
+    Both front ends redraw this way; a ``ValueError`` from ``compute`` (settings
+    that describe no valid model) is printed as ``refusal: why`` instead."""
+    with output:
+        output.clear_output(wait=True)
+        try:
+            result = compute()
+        except ValueError as error:
+            print(f"{refusal}: {error}")
+            return
+        show(result)
+
+
+def _display_figure(figure) -> None:
+    """Show a matplotlib figure once, then close it so redraws do not pile figures up."""
+    import matplotlib.pyplot as plt
+    from IPython.display import display
+
+    display(figure)
+    plt.close(figure)
+
+
 # =========================================================== param_calculator
 # Notebook 03: pick a model, move the sliders, read what it stores and what
 # each token uses.  The numbers come from ``calculator_summary`` (tested);
@@ -183,22 +207,13 @@ class ParamCalculator:
         self._refresh()
 
     def _refresh(self, _change=None) -> None:
-        if self._loading:
-            return
-        import matplotlib.pyplot as plt
-        from IPython.display import display
+        if not self._loading:
+            _redraw(self.output, self.summary, self._show, refusal="not a valid model")
 
-        with self.output:
-            self.output.clear_output(wait=True)
-            try:
-                summary = self.summary()
-            except ValueError as error:
-                print(f"not a valid model: {error}")
-                return
-            print(summary.text())
-            ax = plot_parameter_breakdown(summary)
-            display(ax.figure)
-            plt.close(ax.figure)
+    @staticmethod
+    def _show(summary: CalculatorSummary) -> None:
+        print(summary.text())
+        _display_figure(plot_parameter_breakdown(summary).figure)
 
     def _ipython_display_(self) -> None:
         from IPython.display import display
@@ -457,24 +472,17 @@ class RoutingExplorer:
         self._refresh()
 
     def _refresh(self, _change=None) -> None:
-        if self._syncing:
-            return
-        import matplotlib.pyplot as plt
+        if not self._syncing:
+            _redraw(self.output, self.summary, self._show, refusal="cannot route")
+
+    @staticmethod
+    def _show(summary: RoutingSummary) -> None:
         from IPython.display import HTML, display
 
-        with self.output:
-            self.output.clear_output(wait=True)
-            try:
-                summary = self.summary()
-            except ValueError as error:
-                print(f"cannot route: {error}")
-                return
-            print(f"training loss after {summary.steps} steps: {summary.final_loss:.3f} nats/token; "
-                  f"busiest expert {100 * summary.max_share:.0f}% of the slots (uniform {100 / summary.num_experts:.0f}%)")
-            display(HTML(_routing_table_html(summary)))
-            ax = plot_routing_load(summary)
-            display(ax.figure)
-            plt.close(ax.figure)
+        print(f"training loss after {summary.steps} steps: {summary.final_loss:.3f} nats/token; "
+              f"busiest expert {100 * summary.max_share:.0f}% of the slots (uniform {100 / summary.num_experts:.0f}%)")
+        display(HTML(_routing_table_html(summary)))
+        _display_figure(plot_routing_load(summary).figure)
 
     def _ipython_display_(self) -> None:
         from IPython.display import display
