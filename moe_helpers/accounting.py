@@ -189,6 +189,66 @@ def memory_bytes(cfg: ModelConfig, dtype=torch.float32, optimizer: str | None = 
                   optimizer=total * 4 * _OPTIMIZER_STATES[optimizer])
 
 
+@dataclass(frozen=True)
+class TrainingMemory:
+    """Bytes one training step holds: the model state and one micro-batch's activations."""
+
+    state: Memory           # float32 weights, gradients and AdamW moments (16 bytes per parameter)
+    activations: int        # tensors autograd keeps for the backward pass, at the compute precision
+    precision: str
+
+    @property
+    def total(self) -> int:
+        return self.state.total + self.activations
+
+    def describe(self) -> str:
+        """One line for the phase banner."""
+        compute = "bf16 autocast, fp32 master weights" if self.precision == "bf16" else "fp32"
+        return (f"  Memory ({compute}): {self.total / 2**30:.1f} GiB = {self.state.total / 2**30:.1f} state "
+                f"+ {self.activations / 2**30:.1f} activations")
+
+
+def activation_values_per_token(cfg: ModelConfig) -> int:
+    """Values autograd keeps per token for the backward pass (no recomputation).
+
+    Per block: the two RMSNorm inputs and outputs (4 d), queries and attention
+    output (2 H hd), keys and values (2 H_kv hd) -- scaled-dot-product
+    attention keeps no T x T score matrix -- and, for each of the ``top_k``
+    experts a token visits, the gate, up, SiLU and product vectors (4 d_ff)
+    plus the token's gathered copy and the expert's unweighted output (2 d);
+    then the logits and their softmax for the loss (2 V).  This is the
+    counting of Korthikanti et al. 2022 (sec. 4.1) for a SwiGLU / MoE block.
+    """
+    per_block_attention = 4 * cfg.d_model + 2 * cfg.n_heads * cfg.head_size + 2 * cfg.kv_heads * cfg.head_size
+    total = 2 * cfg.vocab_size
+    for layer in range(cfg.n_layers):
+        if cfg.is_moe_block(layer):
+            ffn = (4 * (cfg.top_k * cfg.d_ff + cfg.num_shared_experts * cfg.shared_hidden)
+                   + 2 * cfg.top_k * cfg.d_model)
+        else:
+            ffn = 4 * cfg.dense_hidden
+        total += per_block_attention + ffn
+    return total
+
+
+def training_memory(cfg: ModelConfig, micro_batch_size: int, seq_len: int, precision: str = "fp32") -> TrainingMemory:
+    """Memory of one training step: float32 weights, gradients and AdamW state for
+    *every* parameter (an MoE pays for idle experts too), plus the activations of
+    one micro-batch in the compute precision (2 bytes under bf16 autocast, 4 in fp32).
+    The logits for the loss are counted in float32 either way, and bf16 autocast
+    also keeps a bf16 copy of every weight matrix for the backward pass."""
+    if precision not in ("fp32", "bf16"):
+        raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
+    tokens = micro_batch_size * seq_len
+    value_bytes = 2 if precision == "bf16" else 4
+    logits = 2 * cfg.vocab_size
+    activations = tokens * ((activation_values_per_token(cfg) - logits) * value_bytes + logits * 4)
+    if precision == "bf16":
+        activations += 2 * count_from_config(cfg).total
+    return TrainingMemory(state=memory_bytes(cfg, torch.float32, "adamw"), activations=activations,
+                          precision=precision)
+
+
 RULE = "=" * 60
 THIN_RULE = "  " + "\u2500" * 57
 
@@ -197,9 +257,11 @@ def _millions(label: str, value: int) -> str:
     return f"  {label:<18}{value / 1e6:8.2f} M"
 
 
-def format_banner(title: str, counts: ParameterCounts, steps: int, lr: float, device) -> str:
+def format_banner(title: str, counts: ParameterCounts, steps: int, lr: float, device,
+                  memory: TrainingMemory | None = None) -> str:
     """The banner printed at the start of each phase, line for line as in the
-    original note (dense and MoE variants)."""
+    original note (dense and MoE variants), plus, when given, the memory the
+    phase needs at its precision."""
     lines = [RULE, f"  {title}", f"  Steps: {steps}  |  LR: {lr}  |  Device: {device}", THIN_RULE,
              _millions("Total Parameters:", counts.total)]
     if not counts.is_moe:
@@ -211,11 +273,14 @@ def format_banner(title: str, counts: ParameterCounts, steps: int, lr: float, de
             THIN_RULE,
             f"  Efficiency: {counts.efficiency:.1f}% active per forward pass",
         ]
+    if memory is not None:
+        lines.append(memory.describe())
     return "\n".join(lines + [RULE])
 
 
-def phase_banner(title: str, counts: ParameterCounts, steps: int, lr: float, device) -> str:
+def phase_banner(title: str, counts: ParameterCounts, steps: int, lr: float, device,
+                 memory: TrainingMemory | None = None) -> str:
     """Print the phase banner and return its text."""
-    text = format_banner(title, counts, steps, lr, device)
+    text = format_banner(title, counts, steps, lr, device, memory)
     print(text)
     return text

@@ -220,6 +220,29 @@ def insertion_plan(n_layers: int, new_layers: int, where: str = "interleave") ->
     return plan
 
 
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+@dataclass(frozen=True)
+class DataBudget:
+    """How many stories a run reads: a slice of the corpus, never "everything" by accident.
+
+    ``None`` means the whole split (the ``seed`` preset's choice; on the hub
+    that is ~2.1 M training stories).  The tokenizer is trained on at most
+    ``tokenizer_stories`` training stories whatever the corpus size.
+    """
+
+    train_stories: int | None = 20_000
+    val_stories: int | None = 2_000
+    tokenizer_stories: int = 50_000
+
+    def __post_init__(self) -> None:
+        for name in ("train_stories", "val_stories"):
+            if getattr(self, name) is not None:
+                _require_positive_int(name, getattr(self, name))
+        _require_positive_int("tokenizer_stories", self.tokenizer_stories)
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """How the three phases are trained (defaults are the original note's)."""
@@ -241,16 +264,26 @@ class TrainConfig:
     grad_clip: float = 1.0
     seed: int = 0
     device: str = "auto"
+    precision: str = "auto"         # auto: bf16 autocast on CUDA (fp32 master weights), fp32 elsewhere
+    grad_accum: int = 1             # micro-batches per optimiser step; batch_size stays the global batch
+    checkpoint_every: int = 50      # steps between mid-phase checkpoints (when a run writes them)
 
     def __post_init__(self) -> None:
         self.validate()
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first field with an invalid value."""
-        for name in ("steps_phase1", "steps_phase2", "steps_phase3", "warmup_steps", "seed"):
+        for name in ("steps_phase1", "steps_phase2", "steps_phase3", "warmup_steps", "seed", "checkpoint_every"):
             _require_non_negative(name, getattr(self, name), integer=True)
-        for name in ("log_every", "eval_every", "eval_batches", "batch_size", "seq_len"):
+        for name in ("log_every", "eval_every", "eval_batches", "batch_size", "seq_len", "grad_accum"):
             _require_positive_int(name, getattr(self, name))
+        _require(
+            self.batch_size % self.grad_accum == 0,
+            f"batch_size ({self.batch_size}) must be a multiple of grad_accum ({self.grad_accum}): "
+            "each optimiser step sums grad_accum equal micro-batches",
+        )
+        _require(self.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}; "
+                 f"got {self.precision!r}")
         for name in ("lr_phase1", "lr_phase2", "lr_phase3", "weight_decay", "grad_clip"):
             _require_non_negative(name, getattr(self, name))
         _require(0.0 <= self.min_lr_ratio <= 1.0, f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
@@ -258,6 +291,11 @@ class TrainConfig:
             isinstance(self.device, str) and re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device) is not None,
             f"device must be one of auto, cpu, cuda, cuda:N, mps; got {self.device!r}",
         )
+
+    @property
+    def micro_batch_size(self) -> int:
+        """Sequences per forward pass (``batch_size / grad_accum``)."""
+        return self.batch_size // self.grad_accum
 
     def steps(self, phase: int) -> int:
         return (self.steps_phase1, self.steps_phase2, self.steps_phase3)[phase - 1]
@@ -282,6 +320,7 @@ class Preset:
     width_factor: int               # phase 3: grow width by this factor ...
     new_layers: int                 # ... and insert this many blocks
     train: TrainConfig = field(default_factory=TrainConfig)
+    data: DataBudget = field(default_factory=DataBudget)
 
     def phase_configs(self) -> tuple[ModelConfig, ModelConfig, ModelConfig]:
         """The model configs of phases 1, 2 and 3."""
@@ -299,7 +338,8 @@ _PRESETS = {
         num_experts=4, top_k=2, width_factor=2, new_layers=1,
         train=TrainConfig(steps_phase1=60, steps_phase2=20, steps_phase3=20, log_every=10,
                           eval_every=20, eval_batches=4, batch_size=8, seq_len=32, warmup_steps=5,
-                          lr_phase1=3e-3, lr_phase2=1e-3, lr_phase3=8e-4),
+                          lr_phase1=3e-3, lr_phase2=1e-3, lr_phase3=8e-4, checkpoint_every=20),
+        data=DataBudget(train_stories=600, val_stories=30, tokenizer_stories=600),
     ),
     "laptop": Preset(
         name="laptop",
@@ -309,6 +349,8 @@ _PRESETS = {
         train=TrainConfig(steps_phase1=300, steps_phase2=100, steps_phase3=100, log_every=25,
                           eval_every=50, batch_size=16, seq_len=128,
                           lr_phase1=3e-3, lr_phase2=1e-3, lr_phase3=8e-4),
+        # ~20 k stories (~4 M tokens on the hub) cover make run's ~1 M training tokens with room to spare
+        data=DataBudget(train_stories=20_000, val_stories=2_000),
     ),
     "seed": Preset(
         name="seed",
@@ -321,6 +363,7 @@ _PRESETS = {
         num_experts=8, top_k=2, width_factor=2, new_layers=4,
         train=TrainConfig(steps_phase1=100, steps_phase2=100, steps_phase3=100, log_every=10,
                           eval_every=50, batch_size=32, seq_len=512),
+        data=DataBudget(train_stories=None, val_stories=None),   # the full train and validation splits
     ),
 }
 

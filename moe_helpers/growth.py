@@ -8,7 +8,8 @@ its input untouched:
 * ``grow_width``    d_model, heads and FFN width x n: the residual stream
                     becomes n copies of itself (Net2Net, Chen et al. 2016; bert2BERT);
 * ``grow_depth``    new blocks whose output projections are zero, so each is
-                    the identity on the residual stream (Stacking / G_stack);
+                    the identity on the residual stream (LLaMA Pro's block
+                    expansion, Wu et al. 2024);
 * ``split_experts`` each expert cut into finer experts (fine-grained MoE, DeepSeekMoE).
 
 ``grow`` does width and depth at once ("bilateral growth"), and
@@ -23,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import ModelConfig, insertion_plan
+from .layers import upcast
 from .model import GPT
 
 
@@ -98,11 +100,12 @@ def widen_linear(weight: torch.Tensor, factor: int, copy_outputs: bool = True,
     widened = weight.repeat(out_copies, factor) / factor                 # (out*c, in*factor)
     if noise > 0 and factor > 1:
         rows, cols = widened.shape[0], weight.shape[1]
+        compute = upcast(weight)                                         # float32 (float64 stays float64)
         perturbation = torch.randn(rows, factor, cols, generator=generator,
-                                   dtype=torch.float64).to(weight.device)   # the generator lives on the CPU
+                                   dtype=compute.dtype).to(weight.device)   # the generator lives on the CPU
         perturbation -= perturbation.mean(dim=1, keepdim=True)          # sums to 0 over copies
-        scale = noise * weight.double().std().clamp(min=1e-12)
-        widened = (widened.double() + scale * perturbation.reshape(rows, factor * cols)).to(weight)
+        scale = noise * compute.std().clamp(min=1e-12)
+        widened = (upcast(widened) + scale * perturbation.reshape(rows, factor * cols)).to(weight)
     return widened
 
 
@@ -245,9 +248,9 @@ class PreservationReport:
                 f"top-k routing: {routing}")
 
 
-def _routing(model: GPT) -> list[torch.Tensor]:
-    """Each MoE layer's chosen experts per token, as sorted sets (N, k)."""
-    return [layer.last_stats.top_k_experts.sort(dim=-1).values for layer in model.moe_layers]
+def _routing(output) -> list[torch.Tensor]:
+    """Each MoE layer's chosen experts per token in a model's output, as sorted sets (N, k)."""
+    return [stats.top_k_experts.sort(dim=-1).values for stats in output.routing]
 
 
 @torch.no_grad()
@@ -258,15 +261,17 @@ def preservation_report(before: GPT, after: GPT, idx: torch.Tensor, targets: tor
     layers and experts (width growth); otherwise it is reported as None."""
     modes = before.training, after.training
     before.eval(), after.eval()
-    out_before, routing_before = before(idx, targets), _routing(before)
-    out_after, routing_after = after(idx, targets), _routing(after)
+    out_before, out_after = before(idx, targets), after(idx, targets)
+    routing_before, routing_after = _routing(out_before), _routing(out_after)
     before.train(modes[0]), after.train(modes[1])
     comparable = (routing_before and len(routing_before) == len(routing_after)
                   and before.cfg.num_experts == after.cfg.num_experts)
     routing_unchanged = (all(torch.equal(a, b) for a, b in zip(routing_before, routing_after))
                          if comparable else None)
     return PreservationReport(
-        max_abs_logit_diff=(out_after.logits.double() - out_before.logits.double()).abs().max().item(),
+        # in the logits' own precision (float32, or float64 for a float64 model): nothing
+        # float64 is made on the model's device, which Apple's MPS could not hold
+        max_abs_logit_diff=(upcast(out_after.logits) - upcast(out_before.logits)).abs().max().item(),
         loss_before=out_before.loss.item(),
         loss_after=out_after.loss.item(),
         routing_unchanged=routing_unchanged,

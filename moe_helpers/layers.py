@@ -9,6 +9,7 @@ weights of a trained model map one to one onto ``LlamaForCausalLM`` /
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -44,13 +45,17 @@ def rope_frequencies(head_dim: int, max_seq_len: int, theta: float = 10000.0,
     """cos and sin tables of rotary position embeddings (Su et al. 2021, eq. 15).
 
     Pair ``(i, i + head_dim/2)`` of a head rotates by angle ``pos * theta^(-2i/head_dim)``.
-    Returns two tensors of shape ``(max_seq_len, head_dim)`` in ``dtype``.
+    Returns two CPU tensors of shape ``(max_seq_len, head_dim)`` in ``dtype``.
+    The angles are computed in float64 with NumPy on the host, so no float64
+    tensor ever exists on the model's device (Apple's MPS has no float64).
     """
-    inverse_freq = theta ** (-torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)  # (hd/2,)
-    positions = torch.arange(max_seq_len, dtype=torch.float64)
-    angles = torch.outer(positions, inverse_freq)                                # (T, hd/2)
-    angles = torch.cat([angles, angles], dim=-1)                                 # (T, hd)
-    return angles.cos().to(dtype), angles.sin().to(dtype)
+    inverse_freq = theta ** (-np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)   # (hd/2,)
+    positions = np.arange(max_seq_len, dtype=np.float64)                                # (T,)
+    angles = np.outer(positions, inverse_freq)                                          # (T, hd/2)
+    angles = np.concatenate([angles, angles], axis=-1)                                  # (T, hd)
+    host_dtype = np.float64 if dtype == torch.float64 else np.float32                   # rounded on the host
+    return (torch.from_numpy(np.cos(angles).astype(host_dtype)).to(dtype),
+            torch.from_numpy(np.sin(angles).astype(host_dtype)).to(dtype))
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -81,8 +86,9 @@ class Attention(nn.Module):
         self.wv = nn.Linear(d_model, n_kv_heads * head_dim, bias=False)
         self.wo = nn.Linear(n_heads * head_dim, d_model, bias=False)
         cos, sin = rope_frequencies(head_dim, max_seq_len, rope_theta)
-        self.register_buffer("rope_cos", cos, persistent=False)                  # (T_max, hd)
-        self.register_buffer("rope_sin", sin, persistent=False)
+        device = torch.empty(0).device                   # the device the model is being built on
+        self.register_buffer("rope_cos", cos.to(device), persistent=False)       # (T_max, hd)
+        self.register_buffer("rope_sin", sin.to(device), persistent=False)
 
     def rope_tables(self, T: int, x: torch.Tensor):
         """cos and sin of the first ``T`` positions in ``x``'s dtype.

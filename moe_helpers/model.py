@@ -12,7 +12,7 @@ Pre-norm residual blocks as in Llama / Mixtral:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from .config import ModelConfig
 from .layers import Attention, FeedForward, RMSNorm, upcast
-from .moe import MoELayer
+from .moe import MoELayer, RoutingStats
 
 
 @dataclass
@@ -28,6 +28,7 @@ class ModelOutput:
     logits: torch.Tensor              # (B, T, vocab_size)
     loss: torch.Tensor | None         # mean next-token cross-entropy, or None without targets
     aux_loss: torch.Tensor            # sum of the MoE layers' weighted aux losses (0 for dense)
+    routing: list[RoutingStats] = field(default_factory=list)   # one per MoE layer, in order
 
 
 def build_ffn(cfg: ModelConfig, layer: int) -> nn.Module:
@@ -61,13 +62,13 @@ class Block(nn.Module):
         return isinstance(self.ffn, MoELayer)
 
     def forward(self, x: torch.Tensor):
-        """(B, T, d_model) -> (B, T, d_model) and this block's aux loss."""
+        """(B, T, d_model) -> (B, T, d_model), and the MoE layer's ``RoutingStats`` (None when dense)."""
         x = x + self.dropout(self.attention(self.attention_norm(x)))
         if self.is_moe:
-            ffn_out, aux_loss = self.ffn(self.ffn_norm(x), return_aux=True)
+            ffn_out, routing = self.ffn(self.ffn_norm(x), return_routing=True)
         else:
-            ffn_out, aux_loss = self.ffn(self.ffn_norm(x)), x.new_zeros(())
-        return x + self.dropout(ffn_out), aux_loss
+            ffn_out, routing = self.ffn(self.ffn_norm(x)), None
+        return x + self.dropout(ffn_out), routing
 
 
 class GPT(nn.Module):
@@ -102,15 +103,17 @@ class GPT(nn.Module):
         if T > self.cfg.max_seq_len:
             raise ValueError(f"sequence length {T} exceeds max_seq_len {self.cfg.max_seq_len}")
         x = self.tok_embeddings(idx)                                  # (B, T, d_model)
-        aux_loss = x.new_zeros(())
+        aux_loss, routing = x.new_zeros(()), []
         for block in self.layers:
-            x, block_aux = block(x)                                   # (B, T, d_model)
-            aux_loss = aux_loss + block_aux
+            x, block_routing = block(x)                               # (B, T, d_model)
+            if block_routing is not None:
+                aux_loss = aux_loss + block_routing.aux_loss
+                routing.append(block_routing)
         logits = self.lm_head(self.norm(x))                           # (B, T, vocab_size)
         loss = None
         if targets is not None:
             loss = F.cross_entropy(upcast(logits.flatten(0, 1)), targets.flatten())
-        return ModelOutput(logits=logits, loss=loss, aux_loss=aux_loss)
+        return ModelOutput(logits=logits, loss=loss, aux_loss=aux_loss, routing=routing)
 
     @torch.no_grad()
     def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,

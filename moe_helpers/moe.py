@@ -26,6 +26,16 @@ import torch.nn.functional as F
 from .layers import FeedForward, upcast
 
 
+def count_per_expert(expert_ids: torch.Tensor, num_experts: int) -> torch.Tensor:
+    """How many entries of ``expert_ids`` (any shape) name each expert: (E,) int64.
+
+    A scatter-add rather than ``torch.bincount``, whose output size depends on
+    the data, so that it never waits for the GPU (no host sync)."""
+    flat = expert_ids.flatten()
+    counts = torch.zeros(num_experts, dtype=torch.long, device=flat.device)
+    return counts.scatter_add_(0, flat, torch.ones_like(flat))
+
+
 def load_balancing_loss(router_logits: torch.Tensor, top_k: int) -> torch.Tensor:
     """Switch Transformer load-balancing loss (Fedus et al. 2021, eqs. 4-6), top-k form:
 
@@ -39,8 +49,8 @@ def load_balancing_loss(router_logits: torch.Tensor, top_k: int) -> torch.Tensor
     num_tokens, num_experts = router_logits.shape
     probs = upcast(router_logits).softmax(dim=-1)                               # (N, E)
     chosen = probs.topk(top_k, dim=-1).indices                                  # (N, k)
-    slots_per_expert = torch.bincount(chosen.flatten(), minlength=num_experts)  # (E,)
-    slot_fraction = slots_per_expert.to(probs.dtype) / (num_tokens * top_k)             # f, (E,)
+    slots_per_expert = count_per_expert(chosen, num_experts)                    # (E,)
+    slot_fraction = slots_per_expert.to(probs.dtype) / (num_tokens * top_k)     # f, (E,)
     mean_prob = probs.mean(dim=0)                                               # P, (E,)
     return num_experts * (slot_fraction * mean_prob).sum()
 
@@ -54,12 +64,20 @@ def router_z_loss(router_logits: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class RoutingStats:
-    """What one MoE layer did in its last forward pass (for plots and logs)."""
+    """What one MoE layer routed in one forward pass, handed back to its caller
+    (as Hugging Face's Mixtral block returns its router logits) instead of being
+    kept on the layer for the next forward pass to overwrite.
 
+    ``aux_loss`` carries gradient; everything else is detached and stays on the
+    layer's device, so building the statistics never waits for a GPU.  Reading
+    a number (``dropped_fraction``, ``.tolist()``) is what copies it to the host.
+    """
+
+    aux_loss: torch.Tensor            # () weighted load-balancing + z-loss of this layer
     tokens_per_expert: torch.Tensor   # (E,) token slots sent to each expert (before dropping)
-    mean_prob: torch.Tensor           # (E,) mean router probability of each expert
+    mean_prob: torch.Tensor           # (E,) mean router probability of each expert (float32)
     top_k_experts: torch.Tensor       # (N, k) the chosen experts of each token, best first
-    dropped_fraction: float           # share of token slots dropped by the capacity limit
+    dropped_slots: torch.Tensor       # () token slots dropped by the capacity limit
 
     @property
     def top1_expert(self) -> torch.Tensor:
@@ -70,6 +88,11 @@ class RoutingStats:
     def load_share(self) -> torch.Tensor:
         """Share of token slots each expert received (sums to 1)."""
         return self.tokens_per_expert.float() / self.tokens_per_expert.sum().clamp(min=1)
+
+    @property
+    def dropped_fraction(self) -> float:
+        """Share of the N*k token slots that the capacity limit dropped (a host read)."""
+        return self.dropped_slots.item() / max(1, self.top_k_experts.numel())
 
 
 class Router(nn.Linear):
@@ -144,7 +167,6 @@ class MoELayer(nn.Module):
         self.shared_experts = nn.ModuleList(
             FeedForward(d_model, shared_d_ff or d_ff) for _ in range(num_shared_experts)
         )
-        self.last_stats: RoutingStats | None = None
 
     @property
     def renormalize(self) -> bool:
@@ -156,9 +178,12 @@ class MoELayer(nn.Module):
             return None
         return math.ceil(self.capacity_factor * num_tokens * self.top_k / self.num_experts)
 
-    def forward(self, x: torch.Tensor, return_aux: bool = False):
-        """``x``: (..., d_model) -> same shape; with ``return_aux`` also the
-        weighted auxiliary loss ``aux_loss_coef * balance + z_loss_coef * z``."""
+    def forward(self, x: torch.Tensor, return_routing: bool = False):
+        """``x``: (..., d_model) -> same shape.
+
+        With ``return_routing`` also a ``RoutingStats``: this pass's weighted
+        auxiliary loss ``aux_loss_coef * balance + z_loss_coef * z`` and what
+        was routed where.  The layer itself keeps no state between calls."""
         shape = x.shape
         tokens = x.reshape(-1, shape[-1])                                       # (N, d)
         router_logits = self.router.logits(tokens)                              # (N, E)
@@ -166,13 +191,12 @@ class MoELayer(nn.Module):
         output, kept = self._dispatch(tokens, top_k_weights, top_k_experts)     # (N, d), (N*k,)
         for shared in self.shared_experts:
             output = output + shared(tokens)
-        self.last_stats = _routing_stats(router_logits, top_k_experts, kept)
         output = output.reshape(shape)
-        if not return_aux:
+        if not return_routing:
             return output
-        aux = (self.aux_loss_coef * load_balancing_loss(router_logits, self.top_k)
-               + self.z_loss_coef * router_z_loss(router_logits))
-        return output, aux
+        aux_loss = (self.aux_loss_coef * load_balancing_loss(router_logits, self.top_k)
+                    + self.z_loss_coef * router_z_loss(router_logits))
+        return output, _routing_stats(aux_loss, router_logits, top_k_experts, kept)
 
     def _dispatch(self, tokens, top_k_weights, top_k_experts):
         """Run each expert once on the token slots routed to it.
@@ -187,7 +211,7 @@ class MoELayer(nn.Module):
         slot_weight = top_k_weights.flatten()                                   # (N*k,)
         order = torch.argsort(slot_expert, stable=True)                         # (N*k,) slots grouped by expert
         sorted_expert = slot_expert[order]                                      # (N*k,) non-decreasing
-        tokens_per_expert = torch.bincount(slot_expert, minlength=self.num_experts)  # (E,)
+        tokens_per_expert = count_per_expert(slot_expert, self.num_experts)     # (E,)
 
         kept = torch.ones_like(order, dtype=torch.bool)
         capacity = self.capacity(num_tokens)
@@ -196,7 +220,8 @@ class MoELayer(nn.Module):
             place_in_queue = torch.arange(order.numel(), device=order.device) - queue_start[sorted_expert]
             kept = place_in_queue < capacity
             order, sorted_expert = order[kept], sorted_expert[kept]
-        slots_per_expert = torch.bincount(sorted_expert, minlength=self.num_experts).tolist()
+        # The one host read of the layer: torch.split needs each expert's slot count as a Python int.
+        slots_per_expert = count_per_expert(sorted_expert, self.num_experts).tolist()
 
         slot_token = order // self.top_k                                        # (S,) token of each slot
         expert_inputs = tokens[slot_token].split(slots_per_expert)              # E chunks of (S_e, d)
@@ -204,17 +229,20 @@ class MoELayer(nn.Module):
             expert(chunk) for expert, chunk in zip(self.experts, expert_inputs)
         ])                                                                      # (S, d)
         expert_outputs = expert_outputs * slot_weight[order, None]
-        output = torch.zeros_like(tokens).index_add_(0, slot_token, expert_outputs)  # (N, d)
+        # in the experts' dtype: under bf16 autocast they compute in bf16 while the tokens are float32
+        output = tokens.new_zeros(tokens.shape, dtype=expert_outputs.dtype)
+        output = output.index_add_(0, slot_token, expert_outputs)               # (N, d)
         return output, kept
 
 
-def _routing_stats(router_logits, top_k_experts, kept) -> RoutingStats:
-    """Detached routing statistics of one forward pass."""
+def _routing_stats(aux_loss, router_logits, top_k_experts, kept) -> RoutingStats:
+    """Detached routing statistics of one forward pass, left on the device."""
     with torch.no_grad():
         num_experts = router_logits.shape[-1]
         return RoutingStats(
-            tokens_per_expert=torch.bincount(top_k_experts.flatten(), minlength=num_experts).cpu(),
-            mean_prob=upcast(router_logits).softmax(-1).mean(0).cpu(),
-            top_k_experts=top_k_experts.cpu(),
-            dropped_fraction=1.0 - kept.float().mean().item(),
+            aux_loss=aux_loss,
+            tokens_per_expert=count_per_expert(top_k_experts, num_experts),
+            mean_prob=upcast(router_logits).softmax(-1).mean(0),
+            top_k_experts=top_k_experts,
+            dropped_slots=(~kept).sum(),
         )

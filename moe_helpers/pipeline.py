@@ -21,12 +21,12 @@ from pathlib import Path
 
 import torch
 
-from .accounting import count_parameters, phase_banner
-from .config import ModelConfig, Preset, preset, preset_names
-from .data import prepare_data
+from .accounting import count_parameters, phase_banner, training_memory
+from .config import PRECISIONS, ModelConfig, Preset, preset, preset_names
+from .data import prepare_preset_data
 from .growth import grow, preservation_report, upcycle
 from .model import GPT
-from .train import History, evaluate, pick_device, train_phase
+from .train import History, evaluate_config, pick_device, resolve_precision, train_phase
 
 PHASE_TITLES = {1: "Phase 1 \u2014 Dense", 2: "Phase 2 \u2014 MoE",
                 3: "Phase 3 \u2014 Large MoE (Bilateral Growth)"}
@@ -59,15 +59,23 @@ def configure(preset_name: str = "laptop", *, experts: int | None = None, top_k:
     return chosen
 
 
-def dry_run(chosen: Preset, device: str = "auto") -> list:
+def print_banner(chosen: Preset, phase: int, counts, device: torch.device) -> str:
+    """The phase banner, with the memory the phase needs at the run's precision."""
+    train = chosen.train
+    precision = resolve_precision(train.precision, device)
+    memory = training_memory(chosen.phase_configs()[phase - 1], train.micro_batch_size, train.seq_len, precision)
+    return phase_banner(PHASE_TITLES[phase], counts, train.steps(phase), train.lr(phase), device.type,
+                        memory=memory)
+
+
+def dry_run(chosen: Preset) -> list:
     """Print the three banners from models built on the meta device (no memory, no training)."""
     counts = []
     for phase, cfg in enumerate(chosen.phase_configs(), start=1):
         with torch.device("meta"):
             model = GPT(cfg)
         counts.append(count_parameters(model))
-        phase_banner(PHASE_TITLES[phase], counts[-1], chosen.train.steps(phase), chosen.train.lr(phase),
-                     pick_device(device).type)
+        print_banner(chosen, phase, counts[-1], pick_device(chosen.train.device))
     print("(dry run: models built on the meta device; nothing was trained)")
     return counts
 
@@ -100,18 +108,19 @@ def load_checkpoint(path: Path) -> dict:
 
 def _settings(chosen: Preset, data_source: str) -> dict:
     """What must match between a checkpoint and the run that resumes it."""
+    # the device and the micro-batching may change between a run and its resumption
     return {"preset": chosen.name, "data": data_source, "num_experts": chosen.num_experts,
             "top_k": chosen.top_k, "width_factor": chosen.width_factor, "new_layers": chosen.new_layers,
-            "train": dataclasses.asdict(chosen.train) | {"device": None}}
+            "train": dataclasses.asdict(chosen.train) | {"device": None, "grad_accum": None}}
 
 
 # -------------------------------------------------------------------- run
 class Run:
     """One three-phase run writing into ``out``."""
 
-    def __init__(self, chosen: Preset, out: Path, data_source: str, device: str, progress: bool = True):
+    def __init__(self, chosen: Preset, out: Path, data_source: str, progress: bool = True):
         self.chosen, self.out, self.progress = chosen, Path(out), progress
-        self.device = pick_device(device)
+        self.device = pick_device(chosen.train.device)
         self.configs = chosen.phase_configs()
         self.checkpoints = self.out / "checkpoints"
         self.data_source = data_source
@@ -139,7 +148,8 @@ class Run:
         _atomic_write(self.out / "metrics.jsonl", lambda target: target.write_text(lines))
 
     def write_summary(self, ok: bool) -> dict:
-        report = {"preset": self.chosen.name, "data": self.data.source, "device": self.device.type,
+        report = {"preset": self.chosen.name, "data": self.data.source, "device": str(self.device),
+                  "precision": resolve_precision(self.chosen.train.precision, self.device),
                   "ok": ok, "phases": self.summary}
         _atomic_write(self.out / "summary.json", lambda target: target.write_text(json.dumps(report, indent=2)))
         return report
@@ -189,7 +199,8 @@ class Run:
         return model, state["phase"], state["train_state"]
 
     def transition(self, model: GPT, phase: int) -> GPT:
-        """Upcycle (phase 2) or grow (phase 3), measuring the jump on fixed held-out batches."""
+        """Upcycle (phase 2) or grow (phase 3), measuring the jump on fixed held-out batches
+        in float32 whatever the training precision."""
         chosen, train = self.chosen, self.chosen.train
         if phase == 2:
             grown = upcycle(model, chosen.num_experts, chosen.top_k, seed=train.seed)
@@ -197,9 +208,9 @@ class Run:
             grown = grow(model, chosen.width_factor, chosen.new_layers, seed=train.seed)
         grown.to(self.device)
         model.to(self.device)
-        loss_before = evaluate(model, self.data, train.batch_size, train.seq_len, train.eval_batches, self.device)
-        loss_after = evaluate(grown, self.data, train.batch_size, train.seq_len, train.eval_batches, self.device)
-        batch = self.data.batch("val", train.batch_size, train.seq_len, self.device, torch.Generator().manual_seed(99))
+        loss_before, loss_after = evaluate_config(model, self.data, train), evaluate_config(grown, self.data, train)
+        batch = self.data.batch("val", train.micro_batch_size, train.seq_len, self.device,
+                                torch.Generator().manual_seed(99))
         report = preservation_report(model, grown, *batch)
         jump = loss_after - loss_before
         ok = abs(jump) < JUMP_TOLERANCE
@@ -216,13 +227,9 @@ class Run:
     def train(self, model: GPT, phase: int, train_state: dict | None) -> GPT:
         train = self.chosen.train
         counts = count_parameters(model)
-        phase_banner(PHASE_TITLES[phase], counts, train.steps(phase), train.lr(phase), self.device.type)
-        train_phase(model, self.data, train.steps(phase), train.lr(phase), batch_size=train.batch_size,
-                    seq_len=train.seq_len, warmup_steps=train.warmup_steps, min_lr_ratio=train.min_lr_ratio,
-                    weight_decay=train.weight_decay, grad_clip=train.grad_clip, log_every=train.log_every,
-                    eval_every=train.eval_every, eval_batches=train.eval_batches, device=self.device,
-                    seed=train.seed + phase, phase=phase, history=self.history, progress=self.progress,
-                    resume=train_state, checkpoint_every=train.eval_every,
+        print_banner(self.chosen, phase, counts, self.device)
+        train_phase(model, self.data, train.replace(seed=train.seed + phase), phase, history=self.history,
+                    progress=self.progress, resume=train_state,
                     on_checkpoint=lambda state: self.write_checkpoint(model, phase, False, state))
         records = [r for r in self.history.records if r["phase"] == phase]
         evaluated = [r for r in records if r["val_loss"] is not None]
@@ -252,8 +259,11 @@ class Run:
 
 
 def run_pipeline(preset_name: str = "laptop", data: str = "auto", out="runs/laptop", *, resume: bool = False,
-                 device: str = "auto", progress: bool = True, **overrides) -> dict:
-    """Run (or resume) the three phases; returns the summary written to ``out/summary.json``."""
+                 progress: bool = True, **overrides) -> dict:
+    """Run (or resume) the three phases; returns the summary written to ``out/summary.json``.
+
+    ``overrides``: the options of ``configure`` (experts, growth, and any
+    ``TrainConfig`` field such as ``steps_phase2``, ``device``, ``precision``)."""
     chosen = configure(preset_name, **overrides)
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not resume:
@@ -262,11 +272,12 @@ def run_pipeline(preset_name: str = "laptop", data: str = "auto", out="runs/lapt
     if resume and not (out / "checkpoints" / "latest.pt").exists():
         raise CheckpointError(f"nothing to resume: {out / 'checkpoints' / 'latest.pt'} does not exist")
     if data not in DATA_CHOICES and not Path(data).exists():
-        raise RunError(f"unknown data source {data!r}: choose {', '.join(DATA_CHOICES)} or an existing file path")
-    run = Run(chosen, out, data, device, progress)
+        raise RunError(f"unknown data source {data!r}: choose {', '.join(DATA_CHOICES)}, an existing file path "
+                       "or a hub-shaped folder")
+    run = Run(chosen, out, data, progress)
     model, phase, train_state = run.start(resume)       # reads the checkpoint before anything is written
     (out / "checkpoints").mkdir(parents=True, exist_ok=True)
-    run.data = prepare_data(data, vocab_size=chosen.model.vocab_size)
+    run.data = prepare_preset_data(chosen, data)
     if run.data.tokenizer.vocab_size > chosen.model.vocab_size:
         raise RunError(f"the tokenizer has {run.data.tokenizer.vocab_size} tokens, more than the model's "
                        f"vocab_size {chosen.model.vocab_size}")
@@ -290,8 +301,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="model and training sizes: tiny (seconds), laptop (minutes on a CPU), "
                             "seed (the original note's 100 M / 371 M models; a GPU job)")
     train.add_argument("--data", default="auto",
-                       help="auto (hub if reachable, else offline), offline (generated stand-in), hub, "
-                            "or a path to a TinyStories .txt/.jsonl/.json/.parquet file")
+                       help="auto ($MOE_COURSE_DATA if set, else the hub if reachable, else offline), offline "
+                            "(generated stand-in), hub, a folder laid out like the hub's TinyStories "
+                            "(data/train-*.parquet, data/validation-*.parquet), or a TinyStories "
+                            ".txt/.jsonl/.json/.parquet file")
     for phase, default_lr in ((1, "3e-4"), (2, "1e-4"), (3, "8e-5")):
         train.add_argument(f"--steps-phase{phase}", type=int, help=f"optimiser steps of phase {phase} "
                            "(default: the preset's)")
@@ -302,8 +315,13 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--top-k", type=int, help="experts each token is routed to")
     train.add_argument("--width-factor", type=int, help="phase 3: multiply d_model, heads and FFN widths by this")
     train.add_argument("--new-layers", type=int, help="phase 3: insert this many identity blocks")
-    train.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto",
-                       help="auto picks CUDA, then Apple MPS, then the CPU")
+    train.add_argument("--device", default=None,
+                       help="auto, cpu, cuda, cuda:N or mps (default auto: CUDA, then Apple MPS, then the CPU)")
+    train.add_argument("--precision", choices=PRECISIONS, default=None,
+                       help="auto (default): bf16 autocast on CUDA with float32 weights, float32 elsewhere; "
+                            "jump checks always evaluate in float32")
+    train.add_argument("--grad-accum", type=int, default=None,
+                       help="split each step's batch into N micro-batches (same global batch, less memory)")
     train.add_argument("--out", default=None, help="output folder (default: runs/<preset>)")
     train.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
     train.add_argument("--dry-run", action="store_true",
@@ -318,14 +336,14 @@ def main(argv=None) -> int:
     overrides = dict(experts=args.experts, top_k=args.top_k, width_factor=args.width_factor,
                      new_layers=args.new_layers, steps_phase1=args.steps_phase1, steps_phase2=args.steps_phase2,
                      steps_phase3=args.steps_phase3, lr_phase1=args.lr_phase1, lr_phase2=args.lr_phase2,
-                     lr_phase3=args.lr_phase3, log_every=args.log_every, seed=args.seed)
+                     lr_phase3=args.lr_phase3, log_every=args.log_every, seed=args.seed, device=args.device,
+                     precision=args.precision, grad_accum=args.grad_accum)
     out = args.out or f"runs/{args.preset}"
     try:
         if args.dry_run:
-            dry_run(configure(args.preset, **overrides), args.device)
+            dry_run(configure(args.preset, **overrides))
             return 0
-        run_pipeline(args.preset, args.data, out, resume=args.resume, device=args.device,
-                     progress=not args.no_progress, **overrides)
+        run_pipeline(args.preset, args.data, out, resume=args.resume, progress=not args.no_progress, **overrides)
     except KeyboardInterrupt:
         print(f"\nInterrupted. A checkpoint is in {out}/checkpoints; continue with --resume.", file=sys.stderr)
         return 130

@@ -80,9 +80,18 @@ def plot_phases(history: History, jumps: dict | None = None, ax=None,
 
 
 # ---------------------------------------------------------- expert utilisation
+def _host_array(values) -> "np.ndarray":
+    """A list, array or tensor (on any device) as a float64 NumPy array on the host.
+
+    The copy to the CPU comes first: float64 exists only on the host (MPS has none)."""
+    if isinstance(values, torch.Tensor):
+        values = values.detach().cpu().float().numpy()
+    return np.asarray(values, dtype=np.float64)
+
+
 def _load_matrix(loads) -> "np.ndarray":
     """Per-layer expert shares (a list of lists or tensors) as a (layers, experts) array."""
-    rows = [np.asarray(torch.as_tensor(layer_load, dtype=torch.float64)) for layer_load in loads]
+    rows = [_host_array(layer_load) for layer_load in loads]
     if not rows:
         raise ValueError("loads is empty: pass one list of expert shares per MoE layer")
     if len({row.shape for row in rows}) != 1 or rows[0].ndim != 1:
@@ -106,7 +115,7 @@ def plot_expert_utilisation(loads, ax=None, title: str = "Expert utilisation: sh
     """Heatmap of MoE layers x experts, each cell the share of token slots the expert received.
 
     ``loads``: one list of per-expert shares per layer, e.g. ``history.records[-1]["expert_load"]``
-    or ``[layer.last_stats.load_share for layer in model.moe_layers]``.  The colour
+    or ``[stats.load_share for stats in model(idx).routing]``.  The colour
     scale is centred on the uniform share 1/E (white): red cells are overloaded
     experts, blue cells starved ones.  Each cell is annotated with its percentage.
     """
@@ -218,10 +227,10 @@ def route_text(tokenizer, model, text: str, layer: int = 0):
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    model(torch.tensor([ids], device=device))                                # (1, T) -> routing stats
+    routing = model(torch.tensor([ids], device=device)).routing[layer]      # (1, T) -> this layer's stats
     model.train(was_training)
     pieces = [tokenizer.decode([token_id]) for token_id in ids]
-    return pieces, moe_layers[layer].last_stats.top1_expert                   # list[str], (T,)
+    return pieces, routing.top1_expert.cpu()                                 # list[str], (T,)
 
 
 def show_token_routing(tokenizer, model, text: str, layer: int = 0, ax=None, fontsize: int = 11,
@@ -229,7 +238,7 @@ def show_token_routing(tokenizer, model, text: str, layer: int = 0, ax=None, fon
     """A real sentence, each token drawn as a box coloured by its top-1 expert in MoE layer ``layer``.
 
     The model runs in eval mode on ``text``; the experts are read from
-    ``model.moe_layers[layer].last_stats.top1_expert``.  The legend, below the
+    the routing statistics the model's forward pass returns (``route_text``).  The legend, below the
     text, lists every expert with the number of tokens it took.  Returns the Axes
     (one patch per token).
     """
@@ -274,7 +283,7 @@ def plot_weight_growth(matrices: dict, axes=None, title: str = "Weight matrices 
     widened ``W'``.  Panels are drawn at the same scale per entry, so a matrix
     twice as wide looks twice as wide.
     """
-    arrays = {name: np.asarray(torch.as_tensor(matrix).detach().double().cpu()) for name, matrix in matrices.items()}
+    arrays = {name: _host_array(matrix) for name, matrix in matrices.items()}
     if axes is None:
         widths = [array.shape[1] for array in arrays.values()]
         _, axes = plt.subplots(1, len(arrays), figsize=(3.0 + 0.5 * sum(widths), 3.6), layout="constrained",
@@ -298,7 +307,7 @@ def plot_weight_growth(matrices: dict, axes=None, title: str = "Weight matrices 
 def plot_expert_similarity(similarity, ax=None, title: str = "Pairwise similarity of the experts"):
     """Heatmap of an (E, E) matrix of cosine similarities between experts, values written in the cells."""
     ax = _axes(ax, figsize=(4.6, 3.8))
-    matrix = np.asarray(torch.as_tensor(similarity).detach().double().cpu())
+    matrix = _host_array(similarity)
     image = ax.imshow(matrix, cmap="viridis")              # colour scale fitted to the values
     middle = (matrix.min() + matrix.max()) / 2
     for row in range(matrix.shape[0]):

@@ -4,7 +4,11 @@ periodic validation, and a ``History`` of what happened.
 Log lines follow the original note: ``  step   10 | loss 6.1234 | 15.2s``.
 For an MoE the optimised loss is ``loss + aux_loss`` (language-model loss plus
 the weighted load-balancing and z-losses), and each log step also records how
-many token slots every expert of every MoE layer received.
+many token slots every expert of every MoE layer received from the training
+batches since the previous log step.
+
+Every setting comes from one ``TrainConfig``; on CUDA the forward passes run
+under bf16 autocast by default (``precision="auto"``), with float32 weights.
 """
 
 from __future__ import annotations
@@ -19,13 +23,14 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 
+from .config import PRECISIONS, TrainConfig
 from .data import TokenData
 
 
 def pick_device(preference: str = "auto") -> torch.device:
     """CUDA if present, else Apple's MPS, else the CPU (or exactly what is asked for)."""
     if preference != "auto":
-        return torch.device(preference)
+        return torch.device(preference)     # "cpu", "mps", "cuda" or "cuda:N"
     if torch.cuda.is_available():
         return torch.device("cuda")
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
@@ -58,7 +63,8 @@ class History:
 
     Each record holds ``phase, step, global_step, train_loss, val_loss``
     (None between evaluations), ``aux_loss, lr, tokens, seconds`` and
-    ``expert_load``: per MoE layer, the share of token slots each expert got.
+    ``expert_load``: per MoE layer, the share of token slots each expert got
+    from the training batches since the previous record.
     """
 
     records: list[dict] = field(default_factory=list)
@@ -88,26 +94,50 @@ class History:
         return self.records[-1]["tokens"] if self.records else 0
 
 
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``"auto"`` becomes ``"bf16"`` on CUDA and ``"fp32"`` elsewhere; ``fp32``/``bf16`` pass through."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
+    if precision == "auto":
+        return "bf16" if torch.device(device).type == "cuda" else "fp32"
+    return precision
+
+
+def autocast(precision: str, device: torch.device):
+    """The context a forward pass runs in: bf16 autocast (Micikevicius et al. 2018's mixed
+    precision with bfloat16; the weights, their gradients and AdamW's state stay float32)
+    or plain float32."""
+    device = torch.device(device)
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, data: TokenData, batch_size: int, seq_len: int, batches: int = 8,
-             device="cpu", seed: int = 1234) -> float:
+             device="cpu", seed: int = 1234, precision: str = "fp32") -> float:
     """Mean validation cross-entropy (aux losses excluded) over fixed batches.
 
     The same ``seed`` gives the same batches, so losses of different models,
-    or of one model before and after growth, are directly comparable."""
+    or of one model before and after growth, are directly comparable.  Jump
+    checks use the default float32; training logs use the training precision."""
     was_training = model.training
     model.eval()
     generator = torch.Generator().manual_seed(seed)
-    losses = [model(*data.batch("val", batch_size, seq_len, device, generator)).loss.item()
-              for _ in range(batches)]
+    total = torch.zeros((), device=device)
+    for _ in range(batches):
+        with autocast(precision, device):
+            total += model(*data.batch("val", batch_size, seq_len, device, generator)).loss
     model.train(was_training)
-    return sum(losses) / len(losses)
+    return total.item() / batches
 
 
-def expert_loads(model: nn.Module) -> list[list[float]]:
-    """Share of token slots per expert, per MoE layer, from the last forward pass."""
-    return [layer.last_stats.load_share.tolist()
-            for layer in getattr(model, "moe_layers", []) if layer.last_stats is not None]
+def evaluate_config(model: nn.Module, data: TokenData, config: TrainConfig, precision: str = "fp32") -> float:
+    """``evaluate`` with a ``TrainConfig``'s batches, read in micro-batches.
+
+    ``eval_batches * grad_accum`` micro-batches draw the same windows as
+    ``eval_batches`` whole batches, so the loss does not depend on how a
+    small GPU splits the batch."""
+    return evaluate(model, data, config.micro_batch_size, config.seq_len, config.eval_batches * config.grad_accum,
+                    pick_device(config.device), precision=precision)
 
 
 def format_log_line(step: int, loss: float, seconds: float, aux_loss: float | None = None,
@@ -121,47 +151,93 @@ def format_log_line(step: int, loss: float, seconds: float, aux_loss: float | No
     return line
 
 
-def train_phase(model: nn.Module, data: TokenData, steps: int, lr: float, *, batch_size: int = 16,
-                seq_len: int = 128, warmup_steps: int = 10, min_lr_ratio: float = 0.1,
-                weight_decay: float = 0.1, grad_clip: float = 1.0, log_every: int = 10,
-                eval_every: int = 50, eval_batches: int = 8, device="auto", seed: int = 0,
-                phase: int = 1, history: History | None = None, use_aux_loss: bool = True,
-                progress: bool = True, verbose: bool = True, resume: dict | None = None,
-                checkpoint_every: int = 0, on_checkpoint=None, on_log=None) -> History:
-    """Train ``model`` for ``steps`` optimiser steps and return the ``History``.
+class LogWindow:
+    """What the training batches did since the last log line, summed on the device.
 
-    Pass the ``history`` of earlier phases to continue it (steps and tokens
-    keep counting).  The validation loss is measured at step 0, every
-    ``eval_every`` steps and at the last step.  Seeded: the same seed, model
-    and data give the same run on the CPU.
+    Losses and per-expert token counts are added as tensors, so a training step
+    never waits for the GPU; ``summary()`` reads them once, at a log step
+    (nanoGPT's "CPU-GPU sync point").  ``expert_load`` is therefore always the
+    training batches' load since the previous log line.
+    """
 
-    Checkpoints: every ``checkpoint_every`` steps (and on Ctrl-C) the phase's
-    own state — step, optimiser, random-number states, the running loss window
-    — is handed to ``on_checkpoint(state)``; the caller adds the weights and
-    writes it.  ``resume=state`` continues exactly where that state left off.
+    def __init__(self, device, state: dict | None = None):
+        self.device = device
+        state = state or {"loss_sum": 0.0, "aux_sum": 0.0, "batches": 0, "expert_counts": []}
+        self.loss_sum = torch.tensor(state["loss_sum"], device=device)
+        self.aux_sum = torch.tensor(state["aux_sum"], device=device)
+        self.batches = state["batches"]
+        self.expert_counts = [torch.tensor(counts, device=device) for counts in state["expert_counts"]]
+
+    def add(self, out) -> None:
+        """Add one forward pass's ``ModelOutput`` (a micro-batch)."""
+        self.loss_sum += out.loss.detach().float()
+        self.aux_sum += out.aux_loss.detach().float()
+        self.batches += 1
+        counts = [stats.tokens_per_expert for stats in out.routing]        # per MoE layer, (E,)
+        if not self.expert_counts:
+            self.expert_counts = [torch.zeros_like(layer_counts) for layer_counts in counts]
+        for total, layer_counts in zip(self.expert_counts, counts):
+            total += layer_counts
+
+    def summary(self) -> dict:
+        """Mean loss and aux loss per batch and each layer's share of token slots per expert."""
+        batches = max(1, self.batches)
+        loads = [(counts.float() / counts.sum().clamp(min=1)).tolist() for counts in self.expert_counts]
+        return {"train_loss": self.loss_sum.item() / batches, "aux_loss": self.aux_sum.item() / batches,
+                "expert_load": loads}
+
+    def state(self) -> dict:
+        """Plain numbers, for a checkpoint."""
+        return {"loss_sum": self.loss_sum.item(), "aux_sum": self.aux_sum.item(), "batches": self.batches,
+                "expert_counts": [counts.tolist() for counts in self.expert_counts]}
+
+
+def train_phase(model: nn.Module, data: TokenData, config: TrainConfig, phase: int = 1, *,
+                history: History | None = None, use_aux_loss: bool = True, progress: bool = True,
+                verbose: bool = True, resume: dict | None = None, on_checkpoint=None,
+                on_log=None) -> History:
+    """Train ``model`` for ``config.steps(phase)`` optimiser steps at peak
+    learning rate ``config.lr(phase)`` and return the ``History``.
+
+    Everything else comes from ``config`` as well: batch size (the global
+    batch, split into ``grad_accum`` micro-batches), sequence length, warmup
+    and cosine decay, weight decay, clipping, logging and evaluation cadence,
+    device, precision and seed.  Pass the ``history`` of earlier phases to
+    continue it (steps and tokens keep counting).  The validation loss is
+    measured at step 0, every ``eval_every`` steps and at the last step.
+    Seeded: the same seed, model and data give the same run on the CPU.
+
+    Checkpoints: every ``config.checkpoint_every`` steps (and on Ctrl-C) the
+    phase's own state -- step, optimiser, random-number states, the log
+    window -- is handed to ``on_checkpoint(state)``; the caller adds the
+    weights and writes it.  ``resume=state`` continues exactly where that
+    state left off.
 
     ``on_log(record, model)``, if given, is called after every log record: a
     hook for notebooks that want to look inside the model while it trains.
+
+    Host reads happen at log steps and once per optimiser step (the finite-loss
+    check, so that a NaN stops the run before it reaches the weights).
     """
     from tqdm.auto import tqdm
 
-    if steps < 0 or lr < 0:
-        raise ValueError(f"steps and lr must be >= 0, got steps={steps}, lr={lr}")
-    device = pick_device(device) if isinstance(device, str) else device
+    steps, lr = config.steps(phase), config.lr(phase)
+    device = pick_device(config.device)
+    precision = resolve_precision(config.precision, device)
     history = History() if history is None else history
     model.to(device).train()
-    optimizer = make_optimizer(model, lr, weight_decay)
-    batch_generator = torch.Generator().manual_seed(seed)
+    optimizer = make_optimizer(model, lr, config.weight_decay)
+    batch_generator = torch.Generator().manual_seed(config.seed)
     if resume is None:
-        torch.manual_seed(seed)
-        first_step, window_losses, window_aux, seconds_before = 0, [], [], 0.0
+        torch.manual_seed(config.seed)
+        first_step, seconds_before, window = 0, 0.0, LogWindow(device)
         phase_start_step, phase_start_tokens = history.global_steps, history.tokens
     else:
         optimizer.load_state_dict(resume["optimizer"])
         batch_generator.set_state(resume["batch_rng"])
         torch.set_rng_state(resume["torch_rng"])
         first_step, seconds_before = resume["step"] + 1, resume["seconds"]
-        window_losses, window_aux = list(resume["window_losses"]), list(resume["window_aux"])
+        window = LogWindow(device, resume["window"])
         phase_start_step, phase_start_tokens = resume["phase_start_step"], resume["phase_start_tokens"]
     is_moe = bool(getattr(model, "moe_layers", []))
     started = time.perf_counter()
@@ -169,9 +245,12 @@ def train_phase(model: nn.Module, data: TokenData, steps: int, lr: float, *, bat
 
     def snapshot(step: int) -> dict:
         return {"step": step, "optimizer": optimizer.state_dict(), "batch_rng": batch_generator.get_state(),
-                "torch_rng": torch.get_rng_state(), "window_losses": list(window_losses),
-                "window_aux": list(window_aux), "seconds": elapsed(),
+                "torch_rng": torch.get_rng_state(), "window": window.state(), "seconds": elapsed(),
                 "phase_start_step": phase_start_step, "phase_start_tokens": phase_start_tokens}
+
+    def forward(inputs, targets):
+        with autocast(precision, device):
+            return model(inputs, targets)
 
     bar = tqdm(range(first_step, steps + 1), desc=f"phase {phase}", disable=not progress, leave=False)
     with _interrupt_flag(enabled=on_checkpoint is not None) as interrupted:
@@ -179,47 +258,48 @@ def train_phase(model: nn.Module, data: TokenData, steps: int, lr: float, *, bat
             if step > 0:   # step 0 only measures the starting point
                 model.train()
                 for group in optimizer.param_groups:
-                    group["lr"] = lr_at(step - 1, lr, steps, warmup_steps, min_lr_ratio)
-                inputs, targets = data.batch("train", batch_size, seq_len, device, batch_generator)
-                out = model(inputs, targets)
-                objective = out.loss + out.aux_loss if use_aux_loss else out.loss
-                if not torch.isfinite(objective):
-                    raise FloatingPointError(f"loss is {objective.item()} at step {step} of phase {phase}")
+                    group["lr"] = lr_at(step - 1, lr, steps, config.warmup_steps, config.min_lr_ratio)
                 optimizer.zero_grad(set_to_none=True)
-                objective.backward()
-                if grad_clip > 0:
-                    nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+                step_objective = torch.zeros((), device=device)
+                for _ in range(config.grad_accum):      # micro-batches: their gradients add up
+                    out = forward(*data.batch("train", config.micro_batch_size, config.seq_len, device,
+                                              batch_generator))
+                    objective = (out.loss + out.aux_loss if use_aux_loss else out.loss) / config.grad_accum
+                    objective.backward()
+                    step_objective += objective.detach()
+                    window.add(out)
+                if not torch.isfinite(step_objective):
+                    raise FloatingPointError(f"loss is {step_objective.item()} at step {step} of phase {phase}")
+                if config.grad_clip > 0:
+                    nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
                 optimizer.step()
-                window_losses.append(out.loss.item())
-                window_aux.append(out.aux_loss.item())
-            is_eval = step % eval_every == 0 or step == steps
-            if step % log_every == 0 or step == steps or is_eval:
-                if not window_losses:   # step 0: the loss of the untrained model on one batch
+            is_eval = step % config.eval_every == 0 or step == steps
+            if step % config.log_every == 0 or step == steps or is_eval:
+                if window.batches == 0:   # step 0: the untrained model on one (global) training batch
+                    measuring = torch.Generator().manual_seed(config.seed)
                     with torch.no_grad():
-                        out = model(*data.batch("train", batch_size, seq_len, device,
-                                                torch.Generator().manual_seed(seed)))
-                    window_losses, window_aux = [out.loss.item()], [out.aux_loss.item()]
-                val_loss = evaluate(model, data, batch_size, seq_len, eval_batches, device) if is_eval else None
+                        for _ in range(config.grad_accum):
+                            window.add(forward(*data.batch("train", config.micro_batch_size, config.seq_len,
+                                                           device, measuring)))
+                val_loss = (evaluate_config(model, data, config, precision) if is_eval else None)
                 record = {
                     "phase": phase, "step": step, "global_step": phase_start_step + step,
-                    "train_loss": sum(window_losses) / len(window_losses),
+                    **window.summary(),
                     "val_loss": val_loss,
-                    "aux_loss": sum(window_aux) / len(window_aux),
                     "lr": optimizer.param_groups[0]["lr"] if step > 0 else 0.0,
-                    "tokens": phase_start_tokens + step * batch_size * seq_len,
+                    "tokens": phase_start_tokens + step * config.batch_size * config.seq_len,
                     "seconds": elapsed(),
-                    "expert_load": expert_loads(model),
                 }
                 history.records.append(record)
-                window_losses, window_aux = [], []
+                window = LogWindow(device)
                 if on_log is not None:
                     on_log(record, model)
                 if verbose:
                     line = format_log_line(step, record["train_loss"], record["seconds"],
                                            record["aux_loss"] if is_moe else None, val_loss)
                     (tqdm.write if progress else print)(line)
-            if on_checkpoint is not None and step < steps and (
-                    interrupted() or (checkpoint_every and step > 0 and step % checkpoint_every == 0)):
+            if on_checkpoint is not None and step < steps and (interrupted() or (
+                    config.checkpoint_every and step > 0 and step % config.checkpoint_every == 0)):
                 on_checkpoint(snapshot(step))
             if interrupted():
                 raise KeyboardInterrupt(f"interrupted at step {step} of phase {phase}; checkpoint written")

@@ -239,14 +239,15 @@ from dataclasses import dataclass as _routing_dataclass
 
 import torch as _torch
 
-from .config import ModelConfig, preset
-from .data import TokenData, prepare_data
+from .config import ModelConfig, TrainConfig, preset
+from .data import TokenData, prepare_preset_data
 from .model import GPT
 from .plots import expert_colors
 from .train import train_phase
 
 SAMPLE_SENTENCE = "Once upon a time, a little girl named Lily found a red ball in the park."
 EXPLORER_MAX_EXPERTS = 16
+EXPLORER_LOAD_WINDOW = 10          # the training load shown is summed over this many last steps
 
 
 @_routing_dataclass(frozen=True)
@@ -262,12 +263,12 @@ class RoutingSummary:
     experts: list                    # (T, k) chosen experts of each token, best first
     weights: list                    # (T, k) their gate weights (each row sums to 1: renormalised top-k)
     load: list                       # (E,) share of the sentence's token slots per expert (sums to 1)
-    training_load: list              # (E,) share of the last training batch's token slots per expert
+    training_load: list              # (E,) share of the token slots per expert over the last training steps
     final_loss: float                # training loss at the last log step (nats / token)
 
     @property
     def max_share(self) -> float:
-        """The busiest expert's share of the last training batch (1/E when perfectly balanced)."""
+        """The busiest expert's share over the last training steps (1/E when perfectly balanced)."""
         return max(self.training_load)
 
     def table(self) -> str:
@@ -301,8 +302,8 @@ def explorer_config(vocab_size: int, num_experts: int, top_k: int, aux_loss_coef
 
 @_functools.lru_cache(maxsize=1)
 def _default_data() -> TokenData:
-    """The stories with the `laptop` preset's vocabulary (its cached tokenizer is reused), loaded once."""
-    return prepare_data("auto", vocab_size=preset("laptop").model.vocab_size)
+    """The `laptop` preset's stories and tokens (the notebooks' cache is reused), loaded once."""
+    return prepare_preset_data(preset("laptop"))
 
 
 class _TrainedModels:
@@ -328,9 +329,10 @@ def _train_explorer_model(data: TokenData, num_experts, top_k, aux_loss_coef, st
     """Train the explorer's model for ``steps`` steps (batch 8 x 64 tokens, CPU)."""
     _torch.manual_seed(seed)
     model = GPT(explorer_config(data.tokenizer.vocab_size, num_experts, top_k, aux_loss_coef))
-    history = train_phase(model, data, steps, lr=5e-3, batch_size=8, seq_len=64, warmup_steps=5,
-                          log_every=max(1, steps), eval_every=10 ** 9, eval_batches=1, device="cpu",
-                          seed=seed, progress=False, verbose=False)
+    settings = TrainConfig(steps_phase1=steps, lr_phase1=5e-3, batch_size=8, seq_len=64, warmup_steps=5,
+                           log_every=EXPLORER_LOAD_WINDOW, eval_every=10 ** 9, eval_batches=1, device="cpu",
+                           seed=seed)
+    history = train_phase(model, data, settings, progress=False, verbose=False)
     return model, history
 
 
@@ -349,13 +351,13 @@ def _route_sentence(model: GPT, ids: list, layer: int):
     hook = moe_layer.register_forward_hook(lambda module, inputs, output: caught.update(x=inputs[0]))
     try:
         model.eval()
-        model(_torch.tensor([ids]))                                               # (1, T)
+        routing = model(_torch.tensor([ids])).routing[layer]                      # (1, T) -> this layer's stats
     finally:
         hook.remove()
     tokens = caught["x"].reshape(-1, caught["x"].shape[-1])                       # (T, d_model)
     weights, experts = moe_layer.router.route(moe_layer.router.logits(tokens))    # (T, k), (T, k)
-    assert _torch.equal(experts, moe_layer.last_stats.top_k_experts)
-    return weights, experts, moe_layer.last_stats.load_share                      # ..., (E,)
+    assert _torch.equal(experts, routing.top_k_experts)
+    return weights, experts, routing.load_share                                   # ..., (E,)
 
 
 def routing_summary(num_experts: int, top_k: int, aux_loss_coef: float, text: str = SAMPLE_SENTENCE, *,
@@ -363,8 +365,8 @@ def routing_summary(num_experts: int, top_k: int, aux_loss_coef: float, text: st
     """Train (or fetch from the in-process cache) a small MoE GPT with these routing
     settings for ``steps`` steps, route ``text`` through it and say where each token went.
 
-    ``data``: token data to train on (default: ``prepare_data("auto")`` with the
-    ``laptop`` vocabulary, loaded once).  ``ValueError`` for ``top_k > num_experts``,
+    ``data``: token data to train on (default: the ``laptop`` preset's data,
+    ``prepare_preset_data(preset("laptop"))``, loaded once).  ``ValueError`` for ``top_k > num_experts``,
     ``num_experts < 1``, a negative coefficient, an empty text or a layer the model lacks.
     """
     check_routing_settings(num_experts, top_k, aux_loss_coef)
@@ -388,7 +390,7 @@ def routing_summary(num_experts: int, top_k: int, aux_loss_coef: float, text: st
 
 
 def plot_routing_load(summary: RoutingSummary, ax=None):
-    """Bars of each expert's share of token slots: the sentence and the last training batch,
+    """Bars of each expert's share of token slots: the sentence and the last training steps,
     with the uniform share 1/E dashed."""
     import matplotlib.pyplot as plt
 
@@ -406,7 +408,7 @@ def plot_routing_load(summary: RoutingSummary, ax=None):
     ax.set_ylabel("share of token slots (%)")
     ax.set_title(f"Expert load, MoE layer {summary.layer}: top-{summary.top_k} of {summary.num_experts}, "
                  f"aux coef {summary.aux_loss_coef:g}, {summary.steps} steps")
-    ax.legend(handles=[Patch(facecolor="grey", label="last training batch\n(bar colour = expert)"),
+    ax.legend(handles=[Patch(facecolor="grey", label=f"last {EXPLORER_LOAD_WINDOW} training steps\n(bar colour = expert)"),
                        Patch(facecolor="none", edgecolor="black", hatch="//", label="this sentence"),
                        Line2D([], [], color="black", ls="--", label="uniform 1/E")],
               fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
@@ -494,5 +496,5 @@ def routing_explorer(num_experts: int = 4, top_k: int = 2, aux_loss_coef: float 
                      text: str = SAMPLE_SENTENCE, steps: int = 40, data: TokenData | None = None) -> RoutingExplorer:
     """Sliders for the number of experts (1-16), top-k (kept within 1..experts) and the
     load-balancing coefficient, a text box, and for that text each token's experts with
-    their gate weights and the expert loads.  ``data`` defaults to ``prepare_data("auto")``."""
+    their gate weights and the expert loads.  ``data`` defaults to the ``laptop`` preset's data."""
     return RoutingExplorer(num_experts, top_k, aux_loss_coef, text, steps, data)

@@ -60,7 +60,7 @@ import time
 import torch.nn as nn
 import torch.nn.functional as F
 
-from moe_helpers.config import preset
+from moe_helpers.config import DataBudget, preset
 
 laptop = preset("laptop")
 if SCALE_UP:
@@ -68,11 +68,12 @@ if SCALE_UP:
                                      n_kv_heads=2, d_ff=1024)
     train_cfg = laptop.train.replace(steps_phase1=2000, batch_size=32, seq_len=256,
                                      eval_every=200, log_every=100, lr_phase1=1e-3)
-    story_limit = 200_000
+    budget = DataBudget(train_stories=200_000, val_stories=5_000)
 else:
     model_cfg = laptop.model
     train_cfg = laptop.train.replace(steps_phase1=250)  # fits the two-minute budget on a CPU
-    story_limit = 20_000   # the hub has 2.1 M stories; the offline corpus has fewer than this
+    budget = laptop.data   # 20 k of the hub's 2.1 M stories; every notebook reads the same slice
+story_limit = budget.train_stories
 print(model_cfg)
 print(f"training: {train_cfg.steps_phase1} steps, batch {train_cfg.batch_size} x {train_cfg.seq_len} tokens, "
       f"peak learning rate {train_cfg.lr_phase1}")
@@ -112,13 +113,15 @@ for story in stories[:3]:
 # 2016, as in GPT-2) starts from the 256 byte values and repeatedly merges the most frequent
 # adjacent pair into a new token until the vocabulary is full. Frequent words become one token;
 # rare words are spelled with several. We train it on our own stories with the `laptop`
-# preset's vocabulary size (it is cached on disk, so the second run is instant).
+# preset's vocabulary size, on at most `budget.tokenizer_stories` (50 k) of them whatever the
+# corpus size: the merges stop changing long before that. It is cached on disk, so the second
+# run is instant.
 
 # %%
 from moe_helpers.data import train_tokenizer
 
 started = time.perf_counter()
-tok = train_tokenizer(stories, vocab_size=model_cfg.vocab_size)
+tok = train_tokenizer(stories[: budget.tokenizer_stories], vocab_size=model_cfg.vocab_size)   # a bounded sample
 print(f"vocabulary: {tok.vocab_size} tokens ({time.perf_counter() - started:.1f} s), "
       f"<|endoftext|> has id {tok.eot_id}")
 assert tok.vocab_size == model_cfg.vocab_size
@@ -489,16 +492,20 @@ assert after > 1e-3, "the changed token should change its own prediction"
 #
 # Training data are random windows of `seq_len + 1` tokens from the token stream of all stories
 # (with `<|endoftext|>` between them): the first `seq_len` tokens are the input, the same window
-# shifted by one is the target. `prepare_data` loads the stories, reuses the cached tokenizer
-# and encodes the train and validation splits.
+# shifted by one is the target. `prepare_data` is how nanoGPT prepares OpenWebText: it encodes
+# each split **once** (`datasets.map` over batches of stories) into a file of `uint16` token ids in
+# the cache folder, and training reads random windows straight from that file (a NumPy memmap),
+# so memory stays small however many stories there are. The second call with the same budget,
+# in this notebook or the next ones, just opens the file.
 
 # %%
 from moe_helpers.data import prepare_data
 
 started = time.perf_counter()
-data = prepare_data("auto", vocab_size=model_cfg.vocab_size, limit=story_limit)
-print(f"{data.train.numel():,} training tokens, {data.val.numel():,} validation tokens "
-      f"({time.perf_counter() - started:.1f} s)")
+data = prepare_data("auto", vocab_size=model_cfg.vocab_size, limit=budget.train_stories,
+                    val_limit=budget.val_stories, tokenizer_limit=budget.tokenizer_stories)
+print(f"{len(data.train):,} training tokens, {len(data.val):,} validation tokens, "
+      f"{data.train.dtype} on disk ({time.perf_counter() - started:.1f} s)")
 assert data.tokenizer.encode(sentence) == tok.encode(sentence)   # the same tokenizer as above
 
 inputs, targets = data.batch("train", batch_size=2, seq_len=12, generator=torch.Generator().manual_seed(0))
@@ -519,13 +526,7 @@ from moe_helpers.train import train_phase
 torch.manual_seed(train_cfg.seed)
 model = GPT(model_cfg)
 print(f"{count_parameters(model).total / 1e6:.2f} M parameters")
-history = train_phase(
-    model, data, steps=train_cfg.steps_phase1, lr=train_cfg.lr_phase1,
-    batch_size=train_cfg.batch_size, seq_len=train_cfg.seq_len, warmup_steps=train_cfg.warmup_steps,
-    min_lr_ratio=train_cfg.min_lr_ratio, weight_decay=train_cfg.weight_decay,
-    grad_clip=train_cfg.grad_clip, log_every=train_cfg.log_every, eval_every=train_cfg.eval_every,
-    eval_batches=train_cfg.eval_batches, device=device, seed=train_cfg.seed,
-)
+history = train_phase(model, data, train_cfg.replace(device=str(device)))   # every setting from one TrainConfig
 
 # %%
 evaluated = history.evaluated()
@@ -651,7 +652,7 @@ else:
 answer = None  # your code here
 
 # %%
-val_targets = data.val[: 4096]                                           # real next tokens
+val_targets = torch.from_numpy(data.val[: 4096].astype("int64"))      # real next tokens
 uniform_logits = torch.zeros(val_targets.numel(), model_cfg.vocab_size)   # equal probabilities
 expected = F.cross_entropy(uniform_logits, val_targets).item()
 print(f"validation loss at step 0: {first_val:.3f} nats/token")

@@ -58,14 +58,15 @@ print(COLLAPSE_SIZES)
 # %% [markdown]
 # ## 0 · Data and one sentence
 #
-# The same stories and tokenizer as notebook 01 (the `laptop` preset's vocabulary; the tokenizer
-# comes from the cache).  One sentence will follow us through the notebook.
+# The same stories, tokenizer and token file as notebook 01: `prepare_preset_data` reads the
+# `laptop` preset's story budget and vocabulary, so after notebook 01 it only opens the cache.
+# One sentence will follow us through the notebook.
 
 # %%
-from moe_helpers.config import ModelConfig, preset
-from moe_helpers.data import prepare_data
+from moe_helpers.config import ModelConfig, TrainConfig, preset
+from moe_helpers.data import prepare_preset_data
 
-data = prepare_data("auto", vocab_size=preset("laptop").model.vocab_size)
+data = prepare_preset_data(preset("laptop"))
 tokenizer = data.tokenizer
 SENTENCE = "Once upon a time, a little girl named Lily found a red ball in the park."
 pieces = tokenizer.tokens(SENTENCE)
@@ -239,12 +240,17 @@ for expert, tokens in enumerate(slot_token.split(tokens_per_expert.tolist())):
     print(f"expert {expert}: {len(tokens):2d} slots  {[pieces[t] for t in tokens.tolist()]}")
 print(f"expert rows computed: {int(tokens_per_expert.sum())} = T*k; "
       f"running every expert on every token would be T*E = {len(pieces) * NUM_EXPERTS}")
-assert torch.equal(tokens_per_expert, moe.last_stats.tokens_per_expert)
+with torch.no_grad():
+    _, routing = moe(x, return_routing=True)                                 # the layer's own counts
+assert torch.equal(tokens_per_expert, routing.tokens_per_expert)
 assert int(tokens_per_expert.sum()) == len(pieces) * TOP_K
 
 # %% [markdown]
-# `moe.last_stats` keeps these counts from every forward pass; the training loop records them at
-# each log step, and the utilisation plots below draw them.
+# `moe(x, return_routing=True)` hands these counts back with the output, as Hugging Face's Mixtral
+# block returns its router logits: the layer keeps nothing between calls.  The model returns one
+# such record per MoE layer (`model(idx).routing`); the training loop adds them up on the device
+# and, at each log step, records each expert's share of the token slots since the previous log
+# step.  The utilisation plots below draw them.
 
 # %% [markdown]
 # ## 5 · Why routers collapse, and the load-balancing loss
@@ -308,9 +314,9 @@ from moe_helpers.train import train_phase
 
 ROUTER_INIT_STD = 0.5
 AUX_COEF = 0.1
-TRAINING = dict(steps=COLLAPSE_SIZES["steps"], lr=1e-2, batch_size=COLLAPSE_SIZES["batch_size"], seq_len=64,
-                warmup_steps=10, log_every=10, eval_every=COLLAPSE_SIZES["steps"], eval_batches=4,
-                device=device, seed=0, progress=False)
+TRAINING = TrainConfig(steps_phase1=COLLAPSE_SIZES["steps"], lr_phase1=1e-2, batch_size=COLLAPSE_SIZES["batch_size"],
+                       seq_len=64, warmup_steps=10, log_every=10, eval_every=COLLAPSE_SIZES["steps"],
+                       eval_batches=4, device=str(device), seed=0)
 
 
 def switch_moe(seed: int = 0) -> GPT:
@@ -328,7 +334,7 @@ def switch_moe(seed: int = 0) -> GPT:
 
 print("without the balancing loss:")
 collapsed = switch_moe()
-history_without = train_phase(collapsed, data, use_aux_loss=False, **TRAINING)
+history_without = train_phase(collapsed, data, TRAINING, use_aux_loss=False, progress=False)
 
 # %% [markdown]
 # The `aux` column above is the balancing term the run *ignored* (it is still computed and
@@ -337,11 +343,11 @@ history_without = train_phase(collapsed, data, use_aux_loss=False, **TRAINING)
 # %%
 print("with the balancing loss:")
 balanced = switch_moe()
-history_with = train_phase(balanced, data, use_aux_loss=True, **TRAINING)
+history_with = train_phase(balanced, data, TRAINING, use_aux_loss=True, progress=False)
 
 # %% [markdown]
 # One number per run: the busiest expert's share of the token slots, averaged over the MoE layers
-# and the last three log steps.  Perfect balance is 1/E.
+# and the last three log windows (10 training steps each).  Perfect balance is 1/E.
 
 # %%
 def busiest_expert_share(history, last_logs: int = 3) -> float:
@@ -408,8 +414,10 @@ show_token_routing(tokenizer, balanced, SENTENCE, layer=0, ax=axes[1],
                    title="Top-1 expert of each token, MoE layer 0, with the balancing loss")
 fig.tight_layout()
 plt.show()
-sentence_experts = {name: len(set(model.moe_layers[0].last_stats.top1_expert.tolist()))
-                    for name, model in [("collapsed", collapsed), ("balanced", balanced)]}
+sentence_ids = torch.tensor([tokenizer.encode(SENTENCE)], device=device)    # (1, T)
+with torch.no_grad():
+    sentence_experts = {name: len(set(model(sentence_ids).routing[0].top1_expert.tolist()))
+                        for name, model in [("collapsed", collapsed), ("balanced", balanced)]}
 print("distinct experts used by the sentence in layer 0:", sentence_experts)
 assert sentence_experts["collapsed"] < sentence_experts["balanced"]
 
@@ -424,8 +432,8 @@ assert sentence_experts["collapsed"] < sentence_experts["balanced"]
 # On accelerators every expert gets a fixed-size buffer of
 # `capacity = ceil(capacity_factor · N · k / E)` slots (GShard, Lepikhin et al. 2020; Switch uses
 # a factor of 1.0 to 1.25).  Slots beyond an expert's capacity are **dropped**: they contribute
-# zero, and only the residual connection carries those tokens on.  `MoELayer` counts them in
-# `last_stats.dropped_fraction`.  First the count by hand for one batch:
+# zero, and only the residual connection carries those tokens on.  `MoELayer` counts them in the
+# routing record it returns (`routing.dropped_fraction`).  First the count by hand for one batch:
 
 # %%
 import math
@@ -433,21 +441,25 @@ import math
 eval_inputs, _ = data.batch("val", 16, 64, device, torch.Generator().manual_seed(1))   # (16, 64)
 
 
-def dropped_fraction(model, inputs, capacity_factor, layer=0) -> float:
-    """Share of layer ``layer``'s token slots dropped when its experts have this capacity factor."""
+def layer_routing(model, inputs, capacity_factor, layer=0):
+    """The routing record of MoE layer ``layer`` when its experts have this capacity factor."""
     moe_layer = model.moe_layers[layer]
     saved, moe_layer.capacity_factor = moe_layer.capacity_factor, capacity_factor
     try:
         with torch.no_grad():
-            model(inputs)
+            return model(inputs).routing[layer]
     finally:
         moe_layer.capacity_factor = saved
-    return moe_layer.last_stats.dropped_fraction
+
+
+def dropped_fraction(model, inputs, capacity_factor, layer=0) -> float:
+    """Share of layer ``layer``'s token slots dropped when its experts have this capacity factor."""
+    return layer_routing(model, inputs, capacity_factor, layer).dropped_fraction
 
 
 slots = eval_inputs.numel() * 1                                             # N tokens * k=1
 no_limit = dropped_fraction(collapsed, eval_inputs, None)                   # no limit: just route
-counts = collapsed.moe_layers[0].last_stats.tokens_per_expert              # (E,)
+counts = layer_routing(collapsed, eval_inputs, None).tokens_per_expert.cpu() # (E,)
 capacity = math.ceil(1.0 * slots / num_experts)
 dropped_by_hand = (counts - capacity).clamp(min=0).sum().item() / slots
 print(f"collapsed model, layer 0: slots per expert {counts.tolist()}, capacity at factor 1.0 = {capacity}")

@@ -75,16 +75,16 @@ print(f"dense model: d_model={P.model.d_model}, {P.model.n_layers} layers, d_ff=
 # expert inherits. We train the `laptop` dense model for a short while.
 
 # %%
-from moe_helpers.data import prepare_data
+from moe_helpers.data import prepare_preset_data
 from moe_helpers.model import GPT
 from moe_helpers.train import train_phase
 
-data = prepare_data("auto", vocab_size=P.model.vocab_size)
+data = prepare_preset_data(P)                          # notebook 01's stories, tokenizer and token file
+TRAIN = P.train.replace(batch_size=BATCH, seq_len=SEQ_LEN, log_every=EVAL_EVERY, eval_every=EVAL_EVERY,
+                        eval_batches=EVAL_BATCHES, device=str(device))
 torch.manual_seed(0)
 dense = GPT(P.model)
-dense_history = train_phase(dense, data, DENSE_STEPS, P.train.lr_phase1, batch_size=BATCH, seq_len=SEQ_LEN,
-                            warmup_steps=P.train.warmup_steps, log_every=EVAL_EVERY, eval_every=EVAL_EVERY,
-                            eval_batches=EVAL_BATCHES, device=device, progress=False)
+dense_history = train_phase(dense, data, TRAIN.replace(steps_phase1=DENSE_STEPS), progress=False)
 dense_start_loss = dense_history.evaluated()[0]["val_loss"]
 print(f"dense validation loss: {dense_start_loss:.3f} at step 0 -> {dense_history.last_val_loss:.3f} "
       f"after {DENSE_STEPS} steps")
@@ -252,7 +252,7 @@ def expert_similarity(layer: MoELayer, tokens) -> torch.Tensor:
     """(E, E) cosine similarity between the experts' outputs on the same tokens (N, d_model)."""
     with torch.no_grad():
         outputs = torch.stack([expert(tokens).flatten() for expert in layer.experts])   # (E, N * d_model)
-    unit = F.normalize(outputs.double(), dim=-1)
+    unit = F.normalize(outputs.cpu().double(), dim=-1)                    # float64 on the host (MPS has none)
     return unit @ unit.T                                                                 # (E, E)
 
 
@@ -282,11 +282,8 @@ def train_watching(model, steps: int, lr: float, watch=None, watch_every: int = 
     Returns (evaluation steps, validation losses, [(step, watch(model)), ...])."""
     watched = []
     on_log = None if watch is None else (lambda record, model: watched.append((record["step"], watch(model))))
-    history = train_phase(model, data, steps, lr, batch_size=BATCH, seq_len=SEQ_LEN,
-                          warmup_steps=P.train.warmup_steps, min_lr_ratio=P.train.min_lr_ratio,
-                          weight_decay=P.train.weight_decay, grad_clip=P.train.grad_clip,
-                          log_every=watch_every, eval_every=EVAL_EVERY, eval_batches=EVAL_BATCHES,
-                          device=device, progress=False, verbose=False, on_log=on_log)
+    settings = TRAIN.replace(steps_phase1=steps, lr_phase1=lr, log_every=watch_every)
+    history = train_phase(model, data, settings, progress=False, verbose=False, on_log=on_log)
     evaluated = history.evaluated()
     return [r["step"] for r in evaluated], [r["val_loss"] for r in evaluated], watched
 

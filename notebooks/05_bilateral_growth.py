@@ -155,18 +155,17 @@ print("RMSNorm([h, h]) = [RMSNorm(h), RMSNorm(h)]: exact")
 
 # %%
 from moe_helpers.accounting import count_parameters
-from moe_helpers.data import prepare_data
+from moe_helpers.data import prepare_preset_data
 from moe_helpers.growth import grow, grow_depth, grow_width, preservation_report
 from moe_helpers.model import GPT
 from moe_helpers.train import train_phase
 
-data = prepare_data("auto", vocab_size=LARGE.vocab_size)
-train_settings = dict(batch_size=BATCH, seq_len=SEQ_LEN, warmup_steps=P.train.warmup_steps,
-                      log_every=EVAL_EVERY * 2, eval_every=EVAL_EVERY, eval_batches=EVAL_BATCHES,
-                      device=device, progress=False)
+data = prepare_preset_data(P)                          # notebook 01's stories, tokenizer and token file
+TRAIN = P.train.replace(batch_size=BATCH, seq_len=SEQ_LEN, log_every=EVAL_EVERY * 2, eval_every=EVAL_EVERY,
+                        eval_batches=EVAL_BATCHES, device=str(device))
 torch.manual_seed(0)
 small = GPT(SMALL)
-small_history = train_phase(small, data, SMALL_STEPS, P.train.lr_phase1, **train_settings)
+small_history = train_phase(small, data, TRAIN.replace(steps_phase1=SMALL_STEPS), progress=False)
 val_idx, val_targets = data.batch("val", BATCH, SEQ_LEN, device, torch.Generator().manual_seed(1))
 
 
@@ -332,7 +331,7 @@ print("FFN(x) = first half(x) + second half(x): exact")
 from moe_helpers.growth import upcycle
 
 moe = upcycle(small, 4, 2)
-train_phase(moe, data, 30, P.train.lr_phase2, **{**train_settings, "log_every": 30, "eval_every": 30})
+train_phase(moe, data, TRAIN.replace(steps_phase2=30, log_every=30, eval_every=30), phase=2, progress=False)
 fine = split_experts(moe, 2)
 for name, model in (("MoE", moe), ("split x2", fine)):
     counts = count_parameters(model)
@@ -379,10 +378,10 @@ print(f"training FLOPs per token: small {small_flops / 1e6:.2f} M, large {large_
       f"(x{large_flops / small_flops:.1f})")
 
 # Both large models get the same recipe (peak learning rate, warmup, cosine decay): no tuning for growth.
-grown_history = train_phase(grown, data, GROWN_STEPS, P.train.lr_phase1, **train_settings)
+grown_history = train_phase(grown, data, TRAIN.replace(steps_phase1=GROWN_STEPS), progress=False)
 torch.manual_seed(1)
 scratch = GPT(grown.cfg)
-scratch_history = train_phase(scratch, data, SCRATCH_STEPS, P.train.lr_phase1, **train_settings)
+scratch_history = train_phase(scratch, data, TRAIN.replace(steps_phase1=SCRATCH_STEPS), progress=False)
 print(f"validation loss: small {small_history.last_val_loss:.3f} after {SMALL_STEPS} steps; grown "
       f"{grown_history.evaluated()[0]['val_loss']:.3f} -> {grown_history.last_val_loss:.3f} after {GROWN_STEPS} "
       f"more; from scratch {scratch_history.last_val_loss:.3f} after {SCRATCH_STEPS}")

@@ -283,11 +283,10 @@ assert phases[1]["total_params"] < phases[2]["total_params"] < phases[3]["total_
 # %% [markdown]
 # ## 5. Expert utilisation before and after growth
 #
-# Each record holds, per MoE layer, the share of token slots every expert received in the last forward
-# pass before the record was written. At an evaluation step that pass is the last of the fixed
-# validation batches, the same batch every time, so records of different phases compare like with
-# like. Three moments: the end of phase 2, phase 3 right after growth (its step 0), and the end of
-# phase 3. The grown model has six MoE blocks: the four old ones and two new copies of a neighbour,
+# Each record holds, per MoE layer, the share of token slots every expert received from the
+# *training* batches since the previous record (the model hands its routing back with every forward
+# pass and the training loop adds it up). Two moments from the run: the last steps of phase 2 and
+# of phase 3. The grown model has six MoE blocks: the four old ones and two new copies of a neighbour,
 # routers included.
 
 # %%
@@ -295,9 +294,8 @@ from moe_helpers.config import insertion_plan
 from moe_helpers.plots import plot_expert_utilisation
 
 records_of = {phase: [r for r in history.records if r["phase"] == phase] for phase in (2, 3)}
-moments = {"end of phase 2": records_of[2][-1], "phase 3, right after growth": records_of[3][0],
-           "end of phase 3": records_of[3][-1]}
-fig, axes = plt.subplots(1, 3, figsize=(18, 4.2))
+moments = {"last steps of phase 2": records_of[2][-1], "last steps of phase 3": records_of[3][-1]}
+fig, axes = plt.subplots(1, 2, figsize=(14, 4.2))
 for ax, (moment, record) in zip(axes, moments.items()):
     plot_expert_utilisation(record["expert_load"], ax=ax, title=f"Share of token slots, {moment}")
 fig.tight_layout()
@@ -306,20 +304,41 @@ plt.show()
 for moment, record in moments.items():
     loads = torch.tensor(record["expert_load"])                              # (layers, experts)
     assert torch.allclose(loads.sum(dim=1), torch.ones(len(loads)), atol=1e-5)
-    print(f"{moment:28}: {len(loads)} MoE layers, busiest expert {100 * loads.max():.0f} %, "
+    print(f"{moment:22}: {len(loads)} MoE layers, busiest expert {100 * loads.max():.0f} %, "
           f"quietest {100 * loads.min():.0f} % (uniform {100 / loads.shape[1]:.0f} %)")
 
 # %% [markdown]
 # Which phase-3 block came from which phase-2 block? `insertion_plan` says: each new block sits right
 # after the block it copies. An old block sees exactly the input it saw before growth (the new blocks
-# add zero to the residual stream, and the router's logits are preserved), so it routes the validation
-# batch exactly as before. A new block copies its neighbour's router but reads its neighbour's
-# *output*, so it routes differently from the start.
+# add zero to the residual stream, and the router's logits are preserved), so it routes a batch exactly
+# as before. A new block copies its neighbour's router but reads its neighbour's *output*, so it
+# routes differently from the start. To see it, grow the phase-2 checkpoint again (growth is
+# deterministic: the same seed gives the run's phase-3 starting point) and route one fixed validation
+# batch through both models.
 
 # %%
+from moe_helpers.data import prepare_preset_data
+from moe_helpers.growth import grow
+from moe_helpers.config import ModelConfig
+from moe_helpers.model import GPT
+
+phase2_state = torch.load(OUT / "checkpoints" / "phase2.pt", map_location="cpu", weights_only=True)
+phase2_model = GPT(ModelConfig(**phase2_state["model_config"]))
+phase2_model.load_state_dict(phase2_state["model"])
+phase2_model.eval()
+grown_model = grow(phase2_model, LAPTOP.width_factor, LAPTOP.new_layers, seed=LAPTOP.train.seed, verbose=False)
+data = prepare_preset_data(LAPTOP, verbose=False)                       # the run's cached tokens
+fixed_batch, _ = data.batch("val", 16, 128, generator=torch.Generator().manual_seed(0))   # (16, 128)
+with torch.no_grad():
+    before = torch.stack([stats.load_share for stats in phase2_model(fixed_batch).routing])   # (4, E)
+    after = torch.stack([stats.load_share for stats in grown_model(fixed_batch).routing])     # (6, E)
+
 plan = insertion_plan(LAPTOP.model.n_layers, LAPTOP.new_layers)                # old block of each new one
-before = torch.tensor(moments["end of phase 2"]["expert_load"])               # (4, E)
-after = torch.tensor(moments["phase 3, right after growth"]["expert_load"])   # (6, E)
+fig, axes = plt.subplots(1, 2, figsize=(14, 4.2))
+plot_expert_utilisation(before, ax=axes[0], title="One validation batch, end of phase 2")
+plot_expert_utilisation(after, ax=axes[1], title="The same batch, phase 3 right after growth")
+fig.tight_layout()
+plt.show()
 for block, source in enumerate(plan):
     is_new = block > 0 and plan[block - 1] == source
     change = (after[block] - before[source]).abs().max().item()

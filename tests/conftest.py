@@ -4,8 +4,10 @@ The whole test session runs offline and away from the user's home directory:
 
 * ``HF_HUB_OFFLINE=1`` and ``HF_DATASETS_OFFLINE=1``, so no test waits on the
   network (a test that wants the real hub probe unsets them itself);
-* ``MOE_COURSE_CACHE`` (cached tokenizers) and the Hugging Face caches point
-  at a temporary folder that is removed when the session ends;
+* ``MOE_COURSE_CACHE`` (cached tokenizers and token files) and the Hugging
+  Face caches point at a temporary folder that is removed when the session
+  ends, and ``MOE_COURSE_DATA`` is unset, so ``"auto"`` never picks up a
+  classroom's shared download;
 * torch uses one CPU thread unless ``OMP_NUM_THREADS`` says otherwise: the
   test models are tiny, and on a busy 2-core machine two spinning OpenMP
   threads per process made single forward passes up to a hundred times slower.
@@ -28,6 +30,8 @@ import torch
 from moe_helpers.config import ModelConfig, preset
 
 TINY_STORY_LIMIT = 600      # stories of the offline corpus used by the `tiny` data set
+HUB_TRAIN_STORIES = 100_000  # stories in the hub-shaped folder's two train shards
+HUB_VAL_STORIES = 5_000      # and in its validation shard
 
 _session_folder: Path | None = None
 
@@ -40,6 +44,7 @@ def pytest_configure(config):
     os.environ["HF_DATASETS_CACHE"] = str(_session_folder / "huggingface" / "datasets")
     os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ["HF_DATASETS_OFFLINE"] = "1"
+    os.environ.pop("MOE_COURSE_DATA", None)
     if "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(1)
 
@@ -73,6 +78,30 @@ def tiny(tiny_preset):
 
     return prepare_data("offline", vocab_size=tiny_preset.model.vocab_size,
                         limit=TINY_STORY_LIMIT, verbose=False)
+
+
+@pytest.fixture(scope="session")
+def hub_dir(tmp_path_factory):
+    """A folder laid out like the hub's TinyStories download, built once per session (~2 s).
+
+    ``HUB_TRAIN_STORIES`` distinct generated stories of TinyStories' length in
+    ``data/train-0000{0,1}-of-00002-*.parquet`` and ``HUB_VAL_STORIES`` in
+    ``data/validation-00000-of-00001-*.parquet``, plus a top-level ``.txt`` as
+    the real download has, which must never be read.
+    """
+    from moe_helpers.data import EOT
+    from moe_helpers.hub_fixture import write_hub_shaped_dir
+
+    folder = write_hub_shaped_dir(tmp_path_factory.mktemp("tinystories-hub"), HUB_TRAIN_STORIES,
+                                  HUB_VAL_STORIES, seed=0, train_shards=2)
+    (folder / "TinyStories-train.txt").write_text(f"A decoy story in the wrong file.\n{EOT}\n")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def hub_story_counts():
+    """(train, validation) stories in ``hub_dir``."""
+    return HUB_TRAIN_STORIES, HUB_VAL_STORIES
 
 
 # ----------------------------------------------------------------- configs

@@ -10,6 +10,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -340,10 +341,24 @@ def test_get_batch_shapes_shift_and_device(device):
 def test_get_batch_on_real_tokens_targets_are_inputs_shifted(tiny):
     inputs, targets = tiny.batch("train", 4, 32, generator=torch.Generator().manual_seed(1))
     assert torch.equal(targets[:, :-1], inputs[:, 1:])
+    stream = torch.from_numpy(tiny.train.astype(np.int64))   # the memmap, as a tensor
     for row in range(4):                                      # each row is a window of the train stream
         window = torch.cat([inputs[row], targets[row, -1:]])
-        starts = (tiny.train.unfold(0, 33, 1) == window).all(dim=1).nonzero()
+        starts = (stream.unfold(0, 33, 1) == window).all(dim=1).nonzero()
         assert len(starts) >= 1
+
+
+def test_get_batch_gives_the_same_windows_from_a_memmap_and_a_tensor(tiny):
+    """Same generator seed, same windows, whether the tokens are the cached memmap or a torch tensor."""
+    as_tensor = torch.from_numpy(tiny.train.astype(np.int64))
+    from_memmap = get_batch(tiny.train, 6, 20, generator=torch.Generator().manual_seed(5))
+    from_tensor = get_batch(as_tensor, 6, 20, generator=torch.Generator().manual_seed(5))
+    starts = torch.randint(0, len(tiny.train) - 20, (6,), generator=torch.Generator().manual_seed(5))
+    for batch in (from_memmap, from_tensor):
+        assert all(part.dtype == torch.long and part.shape == (6, 20) for part in batch)
+        assert torch.equal(batch[0], torch.stack([as_tensor[s:s + 20] for s in starts.tolist()]))
+        assert torch.equal(batch[1], torch.stack([as_tensor[s + 1:s + 21] for s in starts.tolist()]))
+    assert torch.equal(from_memmap[0], from_tensor[0]) and torch.equal(from_memmap[1], from_tensor[1])
 
 
 def test_get_batch_is_reproducible_with_a_seeded_generator(tiny):
@@ -367,9 +382,20 @@ def test_get_batch_reaches_every_window_and_refuses_short_streams():
 
 def test_prepared_offline_data(tiny, tiny_preset, tiny_story_limit):
     assert tiny.source == "offline"
-    assert tiny.train.dtype == tiny.val.dtype == torch.long and tiny.train.dim() == tiny.val.dim() == 1
-    assert 10 < tiny.train.numel() / tiny.val.numel() < 40    # validation: 5% of the stories
+    assert isinstance(tiny.train, np.memmap) and isinstance(tiny.val, np.memmap)   # read from the cache files
+    assert tiny.train.dtype == tiny.val.dtype == np.uint16 and tiny.train.ndim == tiny.val.ndim == 1
+    assert len(tiny.train) == tiny.num_tokens("train") and len(tiny.val) == tiny.num_tokens("val")
+    assert 10 < len(tiny.train) / len(tiny.val) < 40          # validation: 5% of the stories
     assert int(tiny.train.max()) < tiny_preset.model.vocab_size
     eot = tiny.tokenizer.eot_id
-    assert (tiny.train == eot).sum().item() == tiny_story_limit
-    assert (tiny.val == eot).sum().item() == int(tiny_story_limit * 0.05)
+    assert (tiny.train == eot).sum().item() == tiny_story_limit == tiny.stories["train"]
+    assert (tiny.val == eot).sum().item() == int(tiny_story_limit * 0.05) == tiny.stories["validation"]
+    assert tiny.paths["train"].stat().st_size == 2 * len(tiny.train)   # uint16: two bytes a token
+
+
+def test_prepared_tokens_equal_the_in_memory_encoding(tiny, tiny_story_limit):
+    """The cached stream is exactly what ``encode_stories`` gives: EOT after each story, stories in order."""
+    train = load_stories("offline", "train", limit=tiny_story_limit)
+    val = load_stories("offline", "validation", limit=int(tiny_story_limit * 0.05))
+    assert tiny.train.tolist() == tiny.tokenizer.encode_stories(train)
+    assert tiny.val.tolist() == tiny.tokenizer.encode_stories(val)

@@ -22,7 +22,7 @@ import pytest
 import torch
 
 from moe_helpers.accounting import count_from_config, count_parameters
-from moe_helpers.config import insertion_plan
+from moe_helpers.config import TrainConfig, insertion_plan
 from moe_helpers.growth import grow, grow_depth, grow_width, preservation_report, split_experts, upcycle
 from moe_helpers.model import GPT
 from moe_helpers.train import train_phase
@@ -54,8 +54,9 @@ BASES = ("dense", "dense gqa tied", "moe", "moe gqa tied", "moe shared+dense-fir
 
 
 def _train(model: GPT, data, steps: int, lr: float) -> GPT:
-    train_phase(model, data, steps, lr, batch_size=8, seq_len=TRAIN_SEQ_LEN, warmup_steps=2,
-                log_every=steps, eval_every=steps, eval_batches=1, progress=False, verbose=False, device="cpu")
+    settings = TrainConfig(steps_phase1=steps, lr_phase1=lr, batch_size=8, seq_len=TRAIN_SEQ_LEN, warmup_steps=2,
+                           log_every=steps, eval_every=steps, eval_batches=1, device="cpu")
+    train_phase(model, data, settings, progress=False, verbose=False)
     return model
 
 

@@ -17,10 +17,10 @@ import pytest
 import torch
 import torch.nn as nn
 
-from moe_helpers.config import ModelConfig
+from moe_helpers.config import ModelConfig, TrainConfig
 from moe_helpers.layers import FeedForward
 from moe_helpers.model import GPT
-from moe_helpers.moe import MoELayer, load_balancing_loss, router_z_loss
+from moe_helpers.moe import MoELayer, count_per_expert, load_balancing_loss, router_z_loss
 
 
 # ----------------------------------------------------------------- references
@@ -250,13 +250,14 @@ def test_capacity_drops_the_slots_over_the_limit_in_token_order():
     assert layer.capacity(8) == capacity
     kept_tokens = [0, 1, 2, 3, 5, 7]               # the 4th and 5th slots of expert 0 are dropped
 
-    output = layer(tokens)
+    output, stats = layer(tokens, return_routing=True)
 
     for token, expert in enumerate(expert_of_token):
         expected = layer.experts[expert](tokens[token]) if token in kept_tokens else torch.zeros(3, dtype=torch.float64)
         torch.testing.assert_close(output[token], expected, rtol=1e-10, atol=1e-12)
-    assert layer.last_stats.dropped_fraction == pytest.approx(2 / 8)
-    assert layer.last_stats.tokens_per_expert.tolist() == [5, 2, 1]   # counted before dropping
+    assert stats.dropped_fraction == pytest.approx(2 / 8)
+    assert stats.dropped_slots.item() == 2
+    assert stats.tokens_per_expert.tolist() == [5, 2, 1]   # counted before dropping
 
 
 @pytest.mark.parametrize("capacity_factor", [0.5, 1.0, 1.25])
@@ -269,12 +270,12 @@ def test_capacity_matches_reference_with_top_2(capacity_factor):
     x[:, 0] += 1.0
     capacity = math.ceil(capacity_factor * num_tokens * top_k / num_experts)
 
-    output = layer(x)
+    output, stats = layer(x, return_routing=True)
 
     torch.testing.assert_close(output, reference_moe(layer, x, capacity), rtol=1e-10, atol=1e-12)
-    loads = layer.last_stats.tokens_per_expert
+    loads = stats.tokens_per_expert
     dropped_by_hand = (loads - capacity).clamp(min=0).sum().item() / (num_tokens * top_k)
-    assert layer.last_stats.dropped_fraction == pytest.approx(dropped_by_hand)
+    assert stats.dropped_fraction == pytest.approx(dropped_by_hand)
     if capacity_factor == 0.5:
         assert dropped_by_hand > 0
 
@@ -285,9 +286,10 @@ def test_large_capacity_drops_nothing_and_changes_nothing():
     roomy = make_layer(d_model, 10, num_experts, top_k, seed=7, capacity_factor=float(num_experts))
     x = torch.randn(3, 8, d_model, dtype=torch.float64)
 
-    torch.testing.assert_close(roomy(x), unlimited(x), rtol=0, atol=0)
-    assert roomy.last_stats.dropped_fraction == 0.0
-    assert unlimited.last_stats.dropped_fraction == 0.0
+    (roomy_out, roomy_stats), (out, stats) = roomy(x, return_routing=True), unlimited(x, return_routing=True)
+    torch.testing.assert_close(roomy_out, out, rtol=0, atol=0)
+    assert roomy_stats.dropped_fraction == 0.0
+    assert stats.dropped_fraction == 0.0
 
 
 # --------------------------------------------------------------- noisy gating
@@ -321,9 +323,9 @@ def test_routing_stats_add_up(num_experts, top_k):
     x = torch.randn(3, 10, 8, dtype=torch.float64)
     num_tokens = 30
 
-    layer(x)
-    stats = layer.last_stats
+    output, stats = layer(x, return_routing=True)
 
+    torch.testing.assert_close(output, layer(x), rtol=0, atol=0)   # the same output with or without stats
     assert stats.tokens_per_expert.shape == (num_experts,)
     assert stats.tokens_per_expert.sum().item() == num_tokens * top_k
     assert stats.load_share.sum().item() == pytest.approx(1.0)
@@ -334,6 +336,28 @@ def test_routing_stats_add_up(num_experts, top_k):
     probs = (x.reshape(-1, 8) @ layer.router.weight.T).softmax(-1)
     assert stats.top1_expert.tolist() == probs.argmax(-1).tolist()
     torch.testing.assert_close(stats.mean_prob.double(), probs.mean(0).detach(), rtol=1e-6, atol=1e-7)
+    balance, z = load_balancing_loss(x.reshape(-1, 8) @ layer.router.weight.T, top_k), router_z_loss(
+        x.reshape(-1, 8) @ layer.router.weight.T)
+    torch.testing.assert_close(stats.aux_loss, layer.aux_loss_coef * balance + layer.z_loss_coef * z)
+    assert stats.aux_loss.requires_grad                              # the aux loss trains the router
+    assert not stats.mean_prob.requires_grad                         # the statistics are detached
+    assert not hasattr(layer, "last_stats")                          # nothing is left on the layer
+
+
+def test_routing_stats_are_handed_back_per_call_not_overwritten():
+    """Two forward passes give two independent statistics: the first is not overwritten."""
+    layer = make_layer(8, 12, 4, 2, seed=10)
+    first_x, second_x = torch.randn(5, 8, dtype=torch.float64), torch.randn(9, 8, dtype=torch.float64)
+    _, first = layer(first_x, return_routing=True)
+    counts = first.tokens_per_expert.clone()
+    _, second = layer(second_x, return_routing=True)
+    assert torch.equal(first.tokens_per_expert, counts)
+    assert (first.tokens_per_expert.sum().item(), second.tokens_per_expert.sum().item()) == (10, 18)
+
+
+def test_count_per_expert_matches_bincount():
+    ids = torch.tensor([[3, 0], [3, 1], [0, 3]])
+    assert count_per_expert(ids, 5).tolist() == torch.bincount(ids.flatten(), minlength=5).tolist()
 
 
 # ------------------------------------------------------------ bad arguments
@@ -394,9 +418,9 @@ def test_aux_loss_keeps_experts_balanced_in_a_short_training_run(monkeypatch, tm
                           num_experts=num_experts, top_k=1, aux_loss_coef=0.1)
         torch.manual_seed(0)
         model = GPT(cfg)
-        history = train_phase(model, data, steps=steps, lr=3e-3, batch_size=8, seq_len=32,
-                              log_every=steps, eval_every=steps, eval_batches=2, device="cpu", seed=0,
-                              use_aux_loss=use_aux_loss, progress=False, verbose=False)
+        settings = TrainConfig(steps_phase1=steps, lr_phase1=3e-3, batch_size=8, seq_len=32, log_every=steps,
+                               eval_every=steps, eval_batches=2, device="cpu", seed=0)
+        history = train_phase(model, data, settings, use_aux_loss=use_aux_loss, progress=False, verbose=False)
         loads = history.records[-1]["expert_load"]                       # per layer, per expert
         assert len(loads) == 2 and all(sum(load) == pytest.approx(1.0) for load in loads)
         return sum(max(load) for load in loads) / len(loads)

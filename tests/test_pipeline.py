@@ -149,7 +149,7 @@ def test_nan_loss_stops_with_step_and_phase_and_keeps_the_last_good_checkpoint(t
 
 @pytest.mark.parametrize("args, message", [
     (["--preset", "huge"], "invalid choice"),
-    (["--data", "nowhere"], "choose auto, offline, hub or an existing file path"),
+    (["--data", "nowhere"], "choose auto, offline, hub, an existing file path or a hub-shaped folder"),
     (["--experts", "2", "--top-k", "3"], "top_k must be an integer in 1..num_experts"),
     (["--width-factor", "0"], "factor must be an integer >= 1"),
 ])

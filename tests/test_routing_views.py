@@ -10,7 +10,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.colors import to_rgba  # noqa: E402
 
-from moe_helpers.config import ModelConfig  # noqa: E402
+from moe_helpers.config import ModelConfig, TrainConfig  # noqa: E402
 from moe_helpers.model import GPT  # noqa: E402
 from moe_helpers.plots import (expert_colors, plot_expert_utilisation,  # noqa: E402
                                plot_utilisation_over_training, show_token_routing)
@@ -33,8 +33,9 @@ def tiny_moe(tiny):
                       max_seq_len=64, num_experts=5, top_k=2)
     torch.manual_seed(0)
     model = GPT(cfg)
-    history = train_phase(model, tiny, 3, 3e-3, batch_size=4, seq_len=32, log_every=1, eval_every=100,
-                          eval_batches=1, device="cpu", progress=False, verbose=False)
+    settings = TrainConfig(steps_phase1=3, lr_phase1=3e-3, batch_size=4, seq_len=32, log_every=1, eval_every=100,
+                           eval_batches=1, device="cpu")
+    history = train_phase(model, tiny, settings, progress=False, verbose=False)
     return model, history
 
 
@@ -169,7 +170,9 @@ def test_token_routing_draws_one_box_per_token_coloured_by_its_top1_expert(tiny,
     assert model.training == was_training
     num_tokens = len(tiny.tokenizer.encode(SENTENCE))
     assert len(ax.patches) == num_tokens
-    top1 = model.moe_layers[1].last_stats.top1_expert.tolist()
+    model.eval()
+    with torch.no_grad():
+        top1 = model(torch.tensor([tiny.tokenizer.encode(SENTENCE)])).routing[1].top1_expert.tolist()
     colors = expert_colors(model.cfg.num_experts)
     for patch, expert in zip(ax.patches, top1):
         np.testing.assert_allclose(patch.get_facecolor()[:3], to_rgba(colors[expert])[:3])

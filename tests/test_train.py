@@ -9,8 +9,9 @@ import re
 import pytest
 import torch
 
+from moe_helpers.config import TrainConfig
 from moe_helpers.model import GPT
-from moe_helpers.train import History, format_log_line, lr_at, pick_device, train_phase
+from moe_helpers.train import History, format_log_line, lr_at, pick_device, resolve_precision, train_phase
 
 RECORD_KEYS = {"phase", "step", "global_step", "train_loss", "val_loss", "aux_loss", "lr", "tokens",
                "seconds", "expert_load"}
@@ -18,13 +19,13 @@ RECORD_KEYS = {"phase", "step", "global_step", "train_loss", "val_loss", "aux_lo
 LOG_LINE = re.compile(r"^  step +\d+ \| loss \d+\.\d{4} \| \d+\.\ds( \| aux \d+\.\d{4})?( \| val \d+\.\d{4})?$")
 
 
-def preset_settings(preset) -> dict:
-    """``train_phase`` keyword arguments from a preset's ``TrainConfig`` (phase 1)."""
-    train = preset.train
-    return dict(batch_size=train.batch_size, seq_len=train.seq_len, warmup_steps=train.warmup_steps,
-                min_lr_ratio=train.min_lr_ratio, weight_decay=train.weight_decay, grad_clip=train.grad_clip,
-                log_every=train.log_every, eval_every=train.eval_every, eval_batches=train.eval_batches,
-                device="cpu", seed=train.seed)
+def settings(preset, steps: int | None = None, lr: float | None = None, phase: int = 1, **changes) -> TrainConfig:
+    """The preset's ``TrainConfig`` on the CPU, with ``steps`` and ``lr`` for ``phase`` and other changes."""
+    if steps is not None:
+        changes[f"steps_phase{phase}"] = steps
+    if lr is not None:
+        changes[f"lr_phase{phase}"] = lr
+    return preset.train.replace(device="cpu", **changes)
 
 
 def fresh_model(cfg, seed: int = 0) -> GPT:
@@ -38,11 +39,9 @@ def tiny_run(tiny, tiny_preset):
     import contextlib
     import io
 
-    settings = preset_settings(tiny_preset)
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
-        history = train_phase(fresh_model(tiny_preset.model), tiny, tiny_preset.train.steps_phase1,
-                              tiny_preset.train.lr_phase1, progress=False, **settings)
+        history = train_phase(fresh_model(tiny_preset.model), tiny, settings(tiny_preset), progress=False)
     return history, printed.getvalue()
 
 
@@ -50,9 +49,10 @@ def tiny_run(tiny, tiny_preset):
 def unigram_cross_entropy(data, vocab_size: int) -> float:
     """Validation cross-entropy of the best context-free guess: train-set token frequencies
     (add-one smoothed).  A model below it has learnt to use the context."""
-    counts = torch.bincount(data.train, minlength=vocab_size).double() + 1.0     # (V,)
+    train, val = torch.from_numpy(data.train.astype("int64")), torch.from_numpy(data.val.astype("int64"))
+    counts = torch.bincount(train, minlength=vocab_size).double() + 1.0          # (V,)
     log_probs = (counts / counts.sum()).log()
-    return -log_probs[data.val].mean().item()
+    return -log_probs[val].mean().item()
 
 
 def test_sixty_tiny_steps_lower_the_validation_loss(tiny_run, tiny, tiny_preset):
@@ -104,11 +104,9 @@ def test_format_log_line():
 
 
 def test_same_seed_gives_identical_runs(tiny, tiny_preset):
-    settings = dict(preset_settings(tiny_preset), log_every=4, eval_every=8, eval_batches=2)
-
     def run(seed):
-        history = train_phase(fresh_model(tiny_preset.model), tiny, 8, 3e-3, progress=False,
-                              verbose=False, **dict(settings, seed=seed))
+        config = settings(tiny_preset, 8, 3e-3, log_every=4, eval_every=8, eval_batches=2, seed=seed)
+        history = train_phase(fresh_model(tiny_preset.model), tiny, config, progress=False, verbose=False)
         return history.column("train_loss") + [r["val_loss"] for r in history.evaluated()]
 
     first = run(0)
@@ -117,15 +115,14 @@ def test_same_seed_gives_identical_runs(tiny, tiny_preset):
 
 
 def test_history_continues_across_phases(tiny, tiny_preset):
-    settings = dict(preset_settings(tiny_preset), log_every=2, eval_every=4, eval_batches=1)
+    config = settings(tiny_preset, log_every=2, eval_every=4, eval_batches=1, steps_phase1=4, steps_phase2=4)
     model = fresh_model(tiny_preset.model)
-    history = train_phase(model, tiny, 4, 3e-3, progress=False, verbose=False, **settings)
-    history = train_phase(model, tiny, 4, 1e-3, phase=2, history=history, progress=False, verbose=False,
-                          **settings)
+    history = train_phase(model, tiny, config, progress=False, verbose=False)
+    history = train_phase(model, tiny, config, phase=2, history=history, progress=False, verbose=False)
     assert history.phases == [1, 2]
     assert history.column("global_step") == [0, 2, 4, 4, 6, 8]
     assert history.column("step", phase=2) == [0, 2, 4]
-    tokens_per_step = settings["batch_size"] * settings["seq_len"]
+    tokens_per_step = config.batch_size * config.seq_len
     assert history.column("tokens", phase=2) == [4 * tokens_per_step, 6 * tokens_per_step, 8 * tokens_per_step]
     assert len(history.evaluated(phase=2)) == 2
     assert not model.training                                 # a phase ends in eval mode
@@ -138,9 +135,8 @@ class StopAfterCheckpoint(Exception):
 def test_resume_from_a_checkpoint_continues_exactly(tiny, tiny_preset):
     import copy
 
-    settings = dict(preset_settings(tiny_preset), log_every=2, eval_every=4, eval_batches=1)
-    straight = train_phase(fresh_model(tiny_preset.model), tiny, 8, 3e-3, progress=False, verbose=False,
-                           **settings)
+    config = settings(tiny_preset, 8, 3e-3, log_every=2, eval_every=4, eval_batches=1, checkpoint_every=3)
+    straight = train_phase(fresh_model(tiny_preset.model), tiny, config, progress=False, verbose=False)
 
     saved = {}
 
@@ -151,16 +147,15 @@ def test_resume_from_a_checkpoint_continues_exactly(tiny, tiny_preset):
     model = fresh_model(tiny_preset.model)
     history = History()
     with pytest.raises(StopAfterCheckpoint):
-        train_phase(model, tiny, 8, 3e-3, history=history, progress=False, verbose=False,
-                    checkpoint_every=3, on_checkpoint=save_and_stop, **settings)
+        train_phase(model, tiny, config, history=history, progress=False, verbose=False,
+                    on_checkpoint=save_and_stop)
     assert saved["state"]["step"] == 3
     assert history.column("step") == [0, 2]
 
     restarted = fresh_model(tiny_preset.model, seed=99)       # other weights: the checkpoint must win
     restarted.load_state_dict(saved["weights"])
-    train_phase(restarted, tiny, 8, 3e-3, history=history, resume=saved["state"], progress=False,
-                verbose=False, **settings)
-    for key in ("step", "global_step", "tokens", "train_loss", "val_loss", "lr"):
+    train_phase(restarted, tiny, config, history=history, resume=saved["state"], progress=False, verbose=False)
+    for key in ("step", "global_step", "tokens", "train_loss", "val_loss", "lr", "expert_load"):
         assert history.column(key) == straight.column(key), key
 
 
@@ -195,21 +190,25 @@ def test_nan_loss_raises_naming_step_and_phase(tiny, tiny_preset, phase):
     with torch.no_grad():
         model.lm_head.weight[0, 0] = float("nan")
     with pytest.raises(FloatingPointError, match=rf"step 1 of phase {phase}"):
-        train_phase(model, tiny, 5, 3e-3, phase=phase, progress=False, verbose=False,
-                    **preset_settings(tiny_preset))
+        train_phase(model, tiny, settings(tiny_preset, 5, 3e-3, phase=phase), phase=phase, progress=False,
+                    verbose=False)
 
 
-@pytest.mark.parametrize("steps, lr", [(-1, 1e-3), (5, -1e-3)])
-def test_negative_steps_or_lr_are_rejected(tiny, tiny_preset, steps, lr):
-    with pytest.raises(ValueError, match="steps and lr"):
-        train_phase(fresh_model(tiny_preset.model), tiny, steps, lr, progress=False, verbose=False)
+@pytest.mark.parametrize("changes, field", [
+    (dict(steps_phase1=-1), "steps_phase1"), (dict(lr_phase1=-1e-3), "lr_phase1"),
+    (dict(grad_accum=0), "grad_accum"), (dict(batch_size=8, grad_accum=3), "multiple of grad_accum"),
+    (dict(precision="fp16"), "precision"), (dict(device="gpu"), "device"),
+])
+def test_bad_training_settings_are_rejected_naming_the_field(tiny_preset, changes, field):
+    with pytest.raises(ValueError, match=field):
+        tiny_preset.train.replace(**changes)
 
 
 # ------------------------------------------------------------------------ MoE
 def test_moe_training_records_expert_loads(tiny, tiny_preset, capsys):
     cfg = tiny_preset.model.upcycled(num_experts=tiny_preset.num_experts, top_k=tiny_preset.top_k)
-    settings = dict(preset_settings(tiny_preset), log_every=3, eval_every=3, eval_batches=1)
-    history = train_phase(fresh_model(cfg), tiny, 6, 3e-3, progress=False, **settings)
+    config = settings(tiny_preset, 6, 3e-3, log_every=3, eval_every=3, eval_batches=1)
+    history = train_phase(fresh_model(cfg), tiny, config, progress=False)
     assert len(history.records) == 3
     for record in history.records:
         loads = record["expert_load"]
@@ -247,3 +246,62 @@ def test_pick_device_here_is_the_cpu():
 def test_history_of_nothing():
     empty = History()
     assert (empty.last_val_loss, empty.global_steps, empty.tokens, empty.phases) == (None, 0, 0, [])
+
+
+# ----------------------------------------------- what the records hold, and precision
+def test_expert_load_records_are_the_training_batches_since_the_last_log(tiny, tiny_preset):
+    """A forward hook sums the token slots of every forward pass made in training mode
+    (the training batches; evaluation runs in eval mode); each record must equal the
+    shares of those sums since the previous record."""
+    cfg = tiny_preset.model.upcycled(num_experts=4, top_k=2)
+    model = fresh_model(cfg)
+    seen: list = []
+    model.register_forward_hook(lambda module, inputs, out: seen.append(
+        [stats.tokens_per_expert.clone() for stats in out.routing]) if module.training else None)
+    records_checked = []
+
+    def check(record, _model):
+        summed = [sum(counts[layer] for counts in seen) for layer in range(cfg.num_moe_layers)]
+        expected = [(counts.float() / counts.sum()).tolist() for counts in summed]
+        for got, want in zip(record["expert_load"], expected):
+            assert got == pytest.approx(want, abs=1e-6)
+        records_checked.append(len(seen))
+        seen.clear()
+
+    config = settings(tiny_preset, 6, 3e-3, log_every=3, eval_every=2, eval_batches=2, grad_accum=2)
+    train_phase(model, tiny, config, progress=False, verbose=False, on_log=check)
+    # step 0: its measuring batch (2 micro-batches); then 2 or 1 optimiser steps x 2 micro-batches
+    assert records_checked == [2, 4, 2, 2, 4]
+
+
+def test_grad_accumulation_keeps_the_global_batch(tiny, tiny_preset):
+    """Two micro-batches of 4 draw the same windows as one batch of 8, so the run is the same
+    up to float32 summation order."""
+    def run(grad_accum):
+        config = settings(tiny_preset, 6, 3e-3, log_every=2, eval_every=6, eval_batches=1, grad_accum=grad_accum)
+        return train_phase(fresh_model(tiny_preset.model), tiny, config, progress=False, verbose=False)
+
+    whole, split = run(1), run(2)
+    assert whole.column("tokens") == split.column("tokens")
+    assert whole.column("train_loss") == pytest.approx(split.column("train_loss"), abs=1e-4)
+    whole_val, split_val = [r["val_loss"] for r in whole.evaluated()], [r["val_loss"] for r in split.evaluated()]
+    assert whole_val == pytest.approx(split_val, abs=1e-4)          # evaluated on the same windows
+
+
+def test_bf16_autocast_on_the_cpu_trains(tiny, tiny_preset):
+    config = settings(tiny_preset, 20, 3e-3, log_every=10, eval_every=20, eval_batches=2, precision="bf16")
+    model = fresh_model(tiny_preset.model)
+    history = train_phase(model, tiny, config, progress=False, verbose=False)
+    first, last = history.evaluated()[0]["val_loss"], history.evaluated()[-1]["val_loss"]
+    assert last < first - 0.5, (first, last)
+    assert {p.dtype for p in model.parameters()} == {torch.float32}    # the master weights stay float32
+
+
+def test_precision_auto_is_bf16_on_cuda_only():
+    assert resolve_precision("auto", torch.device("cuda")) == "bf16"
+    assert resolve_precision("auto", torch.device("cuda:1")) == "bf16"
+    assert resolve_precision("auto", torch.device("cpu")) == "fp32"
+    assert resolve_precision("auto", torch.device("mps")) == "fp32"
+    assert resolve_precision("bf16", torch.device("cpu")) == "bf16"
+    with pytest.raises(ValueError, match="precision"):
+        resolve_precision("fp16", torch.device("cpu"))
