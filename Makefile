@@ -9,7 +9,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 RUN_DIR ?= runs/laptop-$(shell date +%Y%m%d-%H%M%S)
 
-.PHONY: run test unit notebooks lab sync bench clean
+.PHONY: run test unit notebooks lab sync colab bench clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,11 @@ lab: $(STAMP)
 # After editing a notebook's .py (or .ipynb), bring its pair up to date.
 sync: $(STAMP)
 	$(BIN)/jupytext --sync notebooks/*.ipynb
+
+# After changing [project.urls] Repository in pyproject.toml: rewrite every notebook's Colab badge
+# and setup cell to point there.
+colab: $(STAMP)
+	$(BIN)/python -m moe_helpers.colab
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/moe_layer.py

@@ -14,6 +14,7 @@
 
 # %% [markdown]
 # # 01 · The dense model
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/moe-course/moe-course/blob/main/notebooks/01_dense_model.ipynb)
 #
 # In this notebook you will:
 #
@@ -30,13 +31,28 @@
 # **Run time:** about two minutes on a laptop CPU (most of it is the training cell).
 
 # %%
-# Setup: import the course helpers (installed by `make`, or found one folder up in a clone / Colab).
-try:
-    import moe_helpers
-except ImportError:
-    import sys, pathlib
-    sys.path.insert(0, str(pathlib.Path.cwd().parent))
-    import moe_helpers
+# Setup: make `moe_helpers` importable. Installed (`make`, `pip install -e .`) or opened from a clone:
+# nothing to do. A fresh runtime (Colab): install the course from its repository (or from the local
+# folder named by $MOE_COURSE_SOURCE) and turn on the widget manager that ipywidgets 8 needs there.
+COURSE_REPOSITORY = "https://github.com/moe-course/moe-course"   # set from pyproject.toml by `make colab`
+import importlib, importlib.util, os, pathlib, subprocess, sys
+if importlib.util.find_spec("moe_helpers") is None and (pathlib.Path.cwd().parent / "moe_helpers").is_dir():
+    sys.path.insert(0, str(pathlib.Path.cwd().parent))            # a clone, opened from notebooks/
+if importlib.util.find_spec("moe_helpers") is None:
+    source = os.environ.get("MOE_COURSE_SOURCE") or f"git+{COURSE_REPOSITORY}"
+    print(f"Installing the course from {source} ...")
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", source], check=True)
+    importlib.invalidate_caches()
+    try:
+        from google.colab import output
+        output.enable_custom_widget_manager()
+    except ImportError:                                            # not on Colab
+        pass
+else:
+    print("moe_helpers is importable: nothing to install")
+import moe_helpers
+
+# %%
 import torch
 import matplotlib.pyplot as plt
 from moe_helpers.train import pick_device

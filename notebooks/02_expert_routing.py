@@ -14,6 +14,7 @@
 
 # %% [markdown]
 # # 02 · Expert routing
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/moe-course/moe-course/blob/main/notebooks/02_expert_routing.ipynb)
 #
 # In this notebook you will:
 #
@@ -30,13 +31,28 @@
 # Expected run time: about 2 minutes on a laptop CPU.
 
 # %%
-# Setup: import the course helpers (installed by `make`, or found one folder up in a clone / Colab).
-try:
-    import moe_helpers
-except ImportError:
-    import sys, pathlib
-    sys.path.insert(0, str(pathlib.Path.cwd().parent))
-    import moe_helpers
+# Setup: make `moe_helpers` importable. Installed (`make`, `pip install -e .`) or opened from a clone:
+# nothing to do. A fresh runtime (Colab): install the course from its repository (or from the local
+# folder named by $MOE_COURSE_SOURCE) and turn on the widget manager that ipywidgets 8 needs there.
+COURSE_REPOSITORY = "https://github.com/moe-course/moe-course"   # set from pyproject.toml by `make colab`
+import importlib, importlib.util, os, pathlib, subprocess, sys
+if importlib.util.find_spec("moe_helpers") is None and (pathlib.Path.cwd().parent / "moe_helpers").is_dir():
+    sys.path.insert(0, str(pathlib.Path.cwd().parent))            # a clone, opened from notebooks/
+if importlib.util.find_spec("moe_helpers") is None:
+    source = os.environ.get("MOE_COURSE_SOURCE") or f"git+{COURSE_REPOSITORY}"
+    print(f"Installing the course from {source} ...")
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", source], check=True)
+    importlib.invalidate_caches()
+    try:
+        from google.colab import output
+        output.enable_custom_widget_manager()
+    except ImportError:                                            # not on Colab
+        pass
+else:
+    print("moe_helpers is importable: nothing to install")
+import moe_helpers
+
+# %%
 import torch
 import matplotlib.pyplot as plt
 from moe_helpers.train import pick_device
@@ -502,13 +518,15 @@ assert drops["without balancing loss"][at_switch_factor] > drops["with balancing
 # ## 7 · Explore: experts, top-k and the balancing coefficient
 #
 # The widget trains a small MoE (2 blocks, d_model 64, Mixtral routing) for a few dozen steps with
-# the settings you choose — each setting once; moving a slider back is instant — and shows which
-# experts each token of your sentence goes to, with their gate weights, and the expert loads.
+# the settings you choose and shows which experts each token of your sentence goes to, with their
+# gate weights, and the expert loads.  A slider acts when you release it; the status line says
+# while a model trains (a second or two), and changes made meanwhile are not queued: only the
+# newest setting is trained next.  Each setting is trained once, so moving a slider back is instant.
 # The top-k slider can never exceed the number of experts.  Try: 1 expert (a dense model); top-k
 # equal to the number of experts (every token uses everything); a coefficient of 0 against 0.5.
 
 # %%
-from moe_helpers.widgets import routing_explorer
+from moe_helpers.routing_explorer import routing_explorer
 
 explorer = routing_explorer(num_experts=4, top_k=2, aux_loss_coef=0.01, data=data)
 explorer

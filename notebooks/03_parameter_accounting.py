@@ -14,6 +14,7 @@
 
 # %% [markdown]
 # # 03 · Parameter accounting
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/moe-course/moe-course/blob/main/notebooks/03_parameter_accounting.ipynb)
 #
 # An MoE stores many experts but runs only a few of them for each token. This notebook
 # counts exactly what that means.
@@ -34,13 +35,28 @@
 # Expected run time on a laptop CPU: under a minute (no training; only small models are built).
 
 # %%
-# Setup: import the course helpers (installed by `make`, or found one folder up in a clone / Colab).
-try:
-    import moe_helpers
-except ImportError:
-    import sys, pathlib
-    sys.path.insert(0, str(pathlib.Path.cwd().parent))
-    import moe_helpers
+# Setup: make `moe_helpers` importable. Installed (`make`, `pip install -e .`) or opened from a clone:
+# nothing to do. A fresh runtime (Colab): install the course from its repository (or from the local
+# folder named by $MOE_COURSE_SOURCE) and turn on the widget manager that ipywidgets 8 needs there.
+COURSE_REPOSITORY = "https://github.com/moe-course/moe-course"   # set from pyproject.toml by `make colab`
+import importlib, importlib.util, os, pathlib, subprocess, sys
+if importlib.util.find_spec("moe_helpers") is None and (pathlib.Path.cwd().parent / "moe_helpers").is_dir():
+    sys.path.insert(0, str(pathlib.Path.cwd().parent))            # a clone, opened from notebooks/
+if importlib.util.find_spec("moe_helpers") is None:
+    source = os.environ.get("MOE_COURSE_SOURCE") or f"git+{COURSE_REPOSITORY}"
+    print(f"Installing the course from {source} ...")
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", source], check=True)
+    importlib.invalidate_caches()
+    try:
+        from google.colab import output
+        output.enable_custom_widget_manager()
+    except ImportError:                                            # not on Colab
+        pass
+else:
+    print("moe_helpers is importable: nothing to install")
+import moe_helpers
+
+# %%
 import torch
 import matplotlib.pyplot as plt
 from moe_helpers.train import pick_device
@@ -375,7 +391,7 @@ for factor in range(1, 5):
 #
 # **What we find.** No model reachable from the phase-2 model by exact growth (integer width
 # factor, 4 new blocks) prints the note's phase-3 banner; the width the inactive count asks
-# for is $n pprox 1.585$, not an integer, and even that width misses the total. No model with
+# for is $n \approx 1.585$, not an integer, and even that width misses the total. No model with
 # GPT-2's vocabulary prints the banner exactly either; the nearest ones miss by a little over
 # a tenth of a percent and are not growths of phase 2 (width ×1.76, FFN ×1.43). The banner
 # looks like phase 2's numbers scaled up by one constant: an illustration, not a count. This
@@ -528,13 +544,17 @@ assert efficiencies["Qwen3-30B-A3B"] < 12
 # %% [markdown]
 # ## 7. A parameter calculator
 #
-# Pick a preset (the `laptop` and `seed` phases, or a published model), then move the sliders.
-# Fields without a slider (key/value heads, head width, shared-expert and dense sizes, tied
-# embeddings) keep the preset's values; an impossible combination says why instead of counting.
+# Pick a preset (the `laptop` and `seed` phases, or a published model), then change its sizes:
+# type a number in a box, or drag the slider beside it.  Sizes that span orders of magnitude
+# (vocabulary, width, depth, heads, FFN, experts, context) have log-scale sliders: every step is
+# the same few percent, whether the number is 8 or 8192.  Fields without a control (key/value
+# heads, head width, shared-expert and dense sizes, tied embeddings) keep the preset's values; an
+# impossible combination says why instead of counting.  "Idle per token" counts expert-layers:
+# the idle experts of each MoE layer, added over all of them.
 # Try: Mixtral-8x7B with `top_k` 1; `num_experts` 0 (dense); DeepSeekMoE-16B without shared experts.
 
 # %%
-from moe_helpers.widgets import calculator_summary, param_calculator
+from moe_helpers.calculator import calculator_summary, param_calculator
 
 calculator = param_calculator("seed phase 2", seq_len=SEQ_LEN)
 display(calculator)

@@ -1,21 +1,29 @@
-"""The views of routing: ``routing_summary`` and its widget, and the utilisation plots."""
+"""The views of routing: ``routing_summary`` and its explorer widget (notebook 02),
+and the utilisation plots."""
+
+import dataclasses
+import html
+import threading
 
 import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import pytest
+import torch
+from matplotlib.colors import to_rgba
+
+import moe_helpers.routing_explorer as routing_explorer_module
+from moe_helpers.config import ModelConfig, TrainConfig
+from moe_helpers.model import GPT
+from moe_helpers.plots import (expert_colors, plot_expert_utilisation, plot_utilisation_over_training,
+                               show_token_routing)
+from moe_helpers.routing_explorer import (EXPLORER_LOAD_WINDOW, ExplorerSettings, RoutingSummary, explorer_png,
+                                          load_steps, routing_explorer, routing_summary, routing_table_html,
+                                          trained_explorer_model)
+from moe_helpers.train import History, train_phase
+from plot_pixels import plot_problems
 
 matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
-from matplotlib.colors import to_rgba  # noqa: E402
-
-from moe_helpers.config import ModelConfig, TrainConfig  # noqa: E402
-from moe_helpers.model import GPT  # noqa: E402
-from moe_helpers.plots import (expert_colors, plot_expert_utilisation,  # noqa: E402
-                               plot_utilisation_over_training, show_token_routing)
-from moe_helpers.train import History, train_phase  # noqa: E402
-from moe_helpers.widgets import RoutingSummary, routing_explorer, routing_summary  # noqa: E402
 
 SENTENCE = "Once upon a time, a little girl named Lily found a red ball in the park."
 
@@ -58,13 +66,19 @@ def test_routing_summary_loads_sum_to_one_and_experts_are_in_range(tiny, num_exp
     # the sentence's load is exactly the chosen experts counted and divided by the T*k slots
     counts = np.bincount(np.array(summary.experts).ravel(), minlength=num_experts)
     np.testing.assert_allclose(summary.load, counts / (num_tokens * top_k), atol=1e-6)
-    assert 1 / num_experts - 1e-6 <= summary.max_share <= 1.0
+    # the training load is the last log record of the model's own history: 2 steps since step 0
+    _, history = trained_explorer_model(tiny, ExplorerSettings(num_experts, top_k, 0.01, steps=2))
+    assert [r["step"] for r in history.records] == [0, 2]
+    assert summary.training_load == history.records[-1]["expert_load"][0]
+    assert summary.load_steps == 2 and "the last 2 training steps" in summary.headline()
 
 
 def test_routing_summary_is_cached_and_repeatable(tiny):
     first = routing_summary(3, 2, 0.05, SENTENCE, steps=2, data=tiny)
     again = routing_summary(3, 2, 0.05, SENTENCE, steps=2, data=tiny)
     assert again == first
+    settings = ExplorerSettings(3, 2, 0.05, steps=2)
+    assert trained_explorer_model(tiny, settings) is trained_explorer_model(tiny, settings)   # trained once
     other_text = routing_summary(3, 2, 0.05, "The dog ran.", steps=2, data=tiny)
     assert other_text.training_load == first.training_load        # same trained model, new sentence
     assert len(other_text.tokens) == len(tiny.tokenizer.encode("The dog ran."))
@@ -147,8 +161,12 @@ def test_utilisation_over_training_draws_one_line_per_expert_across_phases():
     phase_marks = [line for line in ax.lines if line.get_linestyle() == ":"]
     assert sorted(line.get_xdata()[0] for line in phase_marks) == [10, 20]
     assert ax.get_xlabel() and ax.get_ylabel() and ax.get_title()
-    # layer 1 exists only in phase 2
-    assert len(plot_utilisation_over_training(history, layer=1).get_lines()) >= 4
+    # layer 1 exists only in phase 2: its two log steps
+    layer_1 = [line for line in plot_utilisation_over_training(history, layer=1).lines
+               if line.get_label().startswith("expert")]
+    assert len(layer_1) == 4
+    np.testing.assert_allclose(layer_1[3].get_xdata(), [10, 20])
+    np.testing.assert_allclose(layer_1[3].get_ydata(), [40, 40])
     with pytest.raises(ValueError):
         plot_utilisation_over_training(history, layer=2)
 
@@ -189,6 +207,38 @@ def test_token_routing_rejects_a_layer_the_model_lacks(tiny, tiny_moe):
 
 
 # ------------------------------------------------------------------ widget
+def test_load_steps_follow_the_log_records():
+    assert EXPLORER_LOAD_WINDOW == 10
+    assert [load_steps(steps) for steps in (0, 2, 10, 40, 45)] == [0, 2, 10, 10, 5]
+
+
+def test_headline_says_what_the_load_covers():
+    summary = RoutingSummary(num_experts=3, top_k=1, aux_loss_coef=0.0, steps=40, load_steps=load_steps(40), layer=0,
+                             tokens=["a"], experts=[[0]], weights=[[1.0]], load=[1.0, 0.0, 0.0],
+                             training_load=[0.5, 0.25, 0.25], final_loss=2.5)
+    assert summary.headline().splitlines() == [
+        "training loss after 40 steps: 2.500 nats/token",
+        "busiest expert: 50% of the token slots over the last 10 training steps (uniform: 1/3 = 33%)"]
+    untrained = dataclasses.replace(summary, steps=0, load_steps=load_steps(0))
+    assert "over one batch before training" in untrained.headline()
+
+
+def test_routing_table_has_one_row_per_token_and_k_chips_per_row(tiny):
+    summary = routing_summary(4, 2, 0.01, SENTENCE, steps=0, data=tiny)
+    table = routing_table_html(summary)
+    assert table.count("<tr>") == 1 + len(summary.tokens)
+    assert table.count('class="expert-chip"') == 2 * len(summary.tokens)
+    first_expert, first_weight = summary.experts[0][0], summary.weights[0][0]
+    assert f"{first_expert}: {first_weight:.2f}</span>" in table
+    assert html.escape(repr(summary.tokens[0])) in table
+
+
+def test_explorer_png_is_a_complete_plot(tiny):
+    for num_experts, top_k in [(1, 1), (16, 4)]:
+        png = explorer_png(routing_summary(num_experts, top_k, 0.01, SENTENCE, steps=0, data=tiny))
+        assert plot_problems(png, expected_axes=1) == []
+
+
 def test_routing_explorer_keeps_top_k_within_the_number_of_experts(tiny):
     explorer = routing_explorer(num_experts=4, top_k=2, steps=0, data=tiny)
     assert (explorer.experts.min, explorer.experts.max) == (1, 16)
@@ -205,6 +255,7 @@ def test_routing_explorer_keeps_top_k_within_the_number_of_experts(tiny):
     summary = explorer.summary()
     assert (summary.num_experts, summary.top_k) == (6, 6)
     assert all(len(row) == 6 for row in summary.experts)
+    assert explorer.wait()
 
 
 def test_routing_explorer_refuses_impossible_settings(tiny):
@@ -212,3 +263,71 @@ def test_routing_explorer_refuses_impossible_settings(tiny):
         routing_explorer(num_experts=2, top_k=3, steps=0, data=tiny)
     with pytest.raises(ValueError):
         routing_explorer(num_experts=17, top_k=1, steps=0, data=tiny)
+
+
+def test_routing_explorer_sliders_act_on_release(tiny):
+    explorer = routing_explorer(steps=0, data=tiny)
+    assert not any(control.continuous_update for control in
+                   (explorer.experts, explorer.top_k, explorer.aux_loss_coef, explorer.steps, explorer.text))
+    assert explorer.wait()
+
+
+def shows(explorer, summary) -> bool:
+    """Whether the explorer's report and picture are those of ``summary``."""
+    return (explorer.report.value.startswith(f"<pre>{html.escape(summary.headline())}</pre>")
+            and explorer.report.value.endswith(routing_table_html(summary))
+            and explorer.image.value == explorer_png(summary))
+
+
+def test_a_burst_of_slider_ticks_trains_at_most_two_models(tiny, monkeypatch):
+    trained = []
+    train = routing_explorer_module.train_explorer_model
+
+    def counting_train(data, settings):
+        trained.append(settings.num_experts)
+        return train(data, settings)
+
+    monkeypatch.setattr(routing_explorer_module, "train_explorer_model", counting_train)
+    explorer = routing_explorer(num_experts=4, top_k=2, aux_loss_coef=0.37, steps=10, data=tiny)
+    assert explorer.wait()
+    assert trained == [4]
+    for num_experts in range(5, 12):            # dragging experts from 4 to 11, one tick at a time
+        explorer.experts.value = num_experts
+    assert explorer.wait()
+    assert 1 <= len(trained) - 1 <= 2 and trained[-1] == 11     # the first tick, perhaps, and the last
+    assert shows(explorer, routing_summary(11, 2, 0.37, SENTENCE, steps=10, data=tiny))
+    assert explorer.status.value.startswith("ready")
+
+
+def test_routing_explorer_changed_from_two_threads_at_once_shows_the_final_state(tiny):
+    explorer = routing_explorer(num_experts=4, top_k=2, aux_loss_coef=0.01, steps=0, data=tiny)
+    assert explorer.wait()
+    failures = []
+    start = threading.Barrier(2)
+
+    def change(control, values):
+        try:
+            start.wait()
+            for value in values:
+                control.value = value
+        except Exception as error:          # noqa: BLE001 -- reported below
+            failures.append(error)
+
+    threads = [threading.Thread(target=change, args=(explorer.experts, [6, 3, 5])),
+               threading.Thread(target=change, args=(explorer.aux_loss_coef, [0.2, 0.0, 0.5]))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert explorer.wait()
+    assert failures == []
+    assert (explorer.experts.value, explorer.top_k.value, explorer.aux_loss_coef.value) == (5, 2, 0.5)
+    assert shows(explorer, routing_summary(5, 2, 0.5, SENTENCE, steps=0, data=tiny))
+
+
+def test_routing_explorer_explains_an_empty_text_and_hides_the_picture(tiny):
+    explorer = routing_explorer(steps=0, data=tiny)
+    explorer.text.value = ""
+    assert explorer.wait()
+    assert explorer.report.value == "cannot route: text is empty: type a sentence to route"
+    assert explorer.image.layout.display == "none"
