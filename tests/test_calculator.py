@@ -9,7 +9,6 @@ import math
 import subprocess
 import sys
 import textwrap
-import threading
 
 import pytest
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -20,6 +19,7 @@ from moe_helpers.calculator import (CONTEXT_RANGE, LOG_SLIDER_STEP, SIZE_CONTROL
                                     calculator_config, calculator_png, calculator_presets, calculator_summary,
                                     describe_idle_experts, describe_routing, draw_calculator_figure)
 from moe_helpers.config import preset
+from concurrent_changes import change_at_once
 from plot_pixels import plot_problems
 
 PRESETS = calculator_presets()
@@ -182,23 +182,8 @@ def test_calculator_explains_an_invalid_model_and_hides_the_picture():
 def test_calculator_changed_from_two_threads_at_once_shows_the_final_state():
     calculator = ParamCalculator("laptop phase 2")
     assert calculator.wait()
-    failures = []
-    start = threading.Barrier(2)
-
-    def change(control, values):
-        try:
-            start.wait()
-            for value in values:
-                control.value = value
-        except Exception as error:          # noqa: BLE001 -- reported below
-            failures.append(error)
-
-    threads = [threading.Thread(target=change, args=(calculator.sliders["vocab_size"], [4096, 512, 8192, 1024])),
-               threading.Thread(target=change, args=(calculator.dtype, ["float32", "float16", "float32"]))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    failures = change_at_once([(calculator.sliders["vocab_size"], [4096, 512, 8192, 1024]),
+                               (calculator.dtype, ["float32", "float16", "float32"])])
     assert calculator.wait()
     assert failures == []
     expected = calculator_summary(PRESETS["laptop phase 2"].replace(vocab_size=1024), 256, "float32")

@@ -3,7 +3,6 @@ and the utilisation plots."""
 
 import dataclasses
 import html
-import threading
 
 import matplotlib
 import matplotlib.pyplot as plt
@@ -21,6 +20,7 @@ from moe_helpers.routing_explorer import (EXPLORER_LOAD_WINDOW, ExplorerSettings
                                           load_steps, routing_explorer, routing_summary, routing_table_html,
                                           trained_explorer_model)
 from moe_helpers.train import History, train_phase
+from concurrent_changes import change_at_once
 from plot_pixels import plot_problems
 
 matplotlib.use("Agg")
@@ -302,23 +302,8 @@ def test_a_burst_of_slider_ticks_trains_at_most_two_models(tiny, monkeypatch):
 def test_routing_explorer_changed_from_two_threads_at_once_shows_the_final_state(tiny):
     explorer = routing_explorer(num_experts=4, top_k=2, aux_loss_coef=0.01, steps=0, data=tiny)
     assert explorer.wait()
-    failures = []
-    start = threading.Barrier(2)
-
-    def change(control, values):
-        try:
-            start.wait()
-            for value in values:
-                control.value = value
-        except Exception as error:          # noqa: BLE001 -- reported below
-            failures.append(error)
-
-    threads = [threading.Thread(target=change, args=(explorer.experts, [6, 3, 5])),
-               threading.Thread(target=change, args=(explorer.aux_loss_coef, [0.2, 0.0, 0.5]))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    failures = change_at_once([(explorer.experts, [6, 3, 5]),
+                               (explorer.aux_loss_coef, [0.2, 0.0, 0.5])])
     assert explorer.wait()
     assert failures == []
     assert (explorer.experts.value, explorer.top_k.value, explorer.aux_loss_coef.value) == (5, 2, 0.5)
