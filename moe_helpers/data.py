@@ -70,6 +70,8 @@ TOKEN_CACHE_VERSION = 1           # part of every cache key: bump it when the fi
 STORIES_PER_CHUNK = 20_000        # stories tokenized at a time: ~20 MB of text bounds the memory
 PARALLEL_FROM_STORIES = 20_000    # chunks this large are tokenized by several processes
 MAX_WORKERS = 8
+WORKDIR_PREFIX = "prepare-"       # temporary folders inside the cache, one per preparation
+STALE_WORKDIR_HOURS = 12.0        # such a folder this old was left by a killed process
 
 
 def cache_dir() -> Path:
@@ -736,6 +738,22 @@ def _cached_tokens(path: Path, metadata_path: Path, tokenizer_hash: str, split: 
     return _open_token_file(path, metadata), metadata
 
 
+def _remove_stale_workdirs(folder: Path, max_age_hours: float = STALE_WORKDIR_HOURS) -> list[Path]:
+    """Delete what a process that was killed (``kill -9``, a lost Colab runtime) left behind:
+    its temporary preparation folder and half-written ``.tmp`` files, once older than
+    ``max_age_hours`` -- far longer than preparing the whole split takes, so a
+    preparation still running is never touched."""
+    cutoff = time.time() - max_age_hours * 3600
+    leftovers = [*folder.glob(f"{WORKDIR_PREFIX}*"), *folder.glob("*/.*.tmp")]
+    stale = [path for path in leftovers if path.stat().st_mtime < cutoff]
+    for path in stale:
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    return stale
+
+
 def _build_tokens(plan: StoryPlan, split: str, tokenizer: StoryTokenizer, tokenizer_hash: str, path: Path,
                   num_proc: int | None, verbose: bool) -> tuple[np.memmap, dict]:
     """Tokenize one split into ``path``, working in a temporary folder inside the cache.
@@ -747,7 +765,8 @@ def _build_tokens(plan: StoryPlan, split: str, tokenizer: StoryTokenizer, tokeni
 
     started = time.perf_counter()
     path.parent.mkdir(parents=True, exist_ok=True)
-    workdir = Path(tempfile.mkdtemp(prefix="prepare-", dir=cache_dir()))
+    _remove_stale_workdirs(cache_dir())
+    workdir = Path(tempfile.mkdtemp(prefix=WORKDIR_PREFIX, dir=cache_dir()))
     dtype = token_dtype(tokenizer.vocab_size)
     temporary = _temporary_name(path)
     budget = plan.budgets[split]

@@ -296,6 +296,24 @@ def test_a_damaged_token_file_is_rebuilt_with_one_line(own_cache, hub_dir, capsy
     assert capsys.readouterr().out == ""                                  # sound again: a silent hit
 
 
+def test_a_killed_preparations_leftover_folder_is_removed_later(own_cache, hub_dir):
+    """A process killed mid-preparation leaves its temporary folder; the next preparation
+    removes such folders once they are older than STALE_WORKDIR_HOURS, and only those."""
+    own_cache.mkdir(parents=True)
+    old, recent = own_cache / f"{data_module.WORKDIR_PREFIX}killed", own_cache / f"{data_module.WORKDIR_PREFIX}running"
+    half_written = own_cache / "tokens" / ".stories-train.bin.4242.0a1b2c3d.tmp"
+    for folder in (old, recent):
+        (folder / "chunk-00000").mkdir(parents=True)
+    half_written.parent.mkdir()
+    half_written.write_bytes(b"\0" * 10)
+    long_ago = time.time() - (data_module.STALE_WORKDIR_HOURS + 1) * 3600
+    for path in (old, half_written):
+        os.utime(path, (long_ago, long_ago))
+    prepare_data(hub_dir, verbose=False, **SMALL)
+    assert not old.exists() and not half_written.exists() and recent.exists()
+    assert sorted(path.name for path in own_cache.glob(f"{data_module.WORKDIR_PREFIX}*")) == [recent.name]
+
+
 def test_an_unreadable_tokenizer_is_trained_again_and_the_tokens_kept(own_cache, hub_dir, capsys):
     first = prepare_data(hub_dir, verbose=False, **SMALL)
     first.paths["tokenizer"].write_text('{"truncated": ')
