@@ -25,8 +25,10 @@ test: unit notebooks
 unit: $(STAMP)
 	$(BIN)/python -m pytest tests
 
+# One torch thread per notebook kernel unless OMP_NUM_THREADS says otherwise: on a 2-core machine
+# busy with anything else, two spinning OpenMP threads made a training cell 20x slower.
 notebooks: $(STAMP)
-	$(BIN)/python -m pytest --nbmake --nbmake-timeout=900 --durations=0 notebooks
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/python -m pytest --nbmake --nbmake-timeout=900 --durations=0 notebooks
 
 lab: $(STAMP)
 	$(BIN)/jupyter lab notebooks
