@@ -739,7 +739,7 @@ def meet_animal(s: Story) -> None:
     animal, sound, home = s.pick(ANIMALS)
     s.say(f"Then they met {with_article(animal)} with {s.pick(ANIMAL_FEATURES)}. It {sound}.")
     s.say_one(f'"Where do you live?" asked {{h.name}}. The {animal} could not talk, but {{a.name}} said, '
-              f'"It lives in {home}."', f'"Can I pet it?" asked {{h.name}}. "Gently," said {{a.name}}.')
+              f'"It lives in {home}."', '"Can I pet it?" asked {h.name}. "Gently," said {a.name}.')
 
 
 def craft(s: Story) -> None:
@@ -788,7 +788,6 @@ def attempts(s: Story, tools, success: str, count: int) -> None:
 
 # ------------------------------------------------------------------------------ plots
 def plot_lost(s: Story) -> None:
-    h = s.h
     prep = s.rng.sample(sorted(HIDING_SPOTS), 3)
     spots = [f"{p} {s.pick(HIDING_SPOTS[p])}" for p in prep]
     s.new_paragraph()
@@ -840,8 +839,8 @@ def plot_fear(s: Story) -> None:
     fear, face, truth = s.pick(FEARS)
     s.new_paragraph()
     s.say(f"But {{h.name}} had a secret. {{h.He}} was afraid of {fear}.")
-    s.say(f'"What if something bad happens?" {{h.he}} asked. "Being brave does not mean you are not scared," '
-          f'said {{a.name}}. "It means you try anyway."')
+    s.say('"What if something bad happens?" {h.he} asked. "Being brave does not mean you are not scared," '
+          'said {a.name}. "It means you try anyway."')
     if s.rng.random() < 0.5:
         s.say('"I will stay with you," said {f.name}.')
     s.new_paragraph()
@@ -855,7 +854,7 @@ def plot_skill(s: Story) -> None:
     skill, fail, win = s.pick(SKILLS)
     s.new_paragraph()
     s.say(f"{{h.Name}} wanted to learn to {skill}.")
-    s.say(f'"Can you teach me?" asked {{h.name}}. "Of course," said {{a.name}}.')
+    s.say('"Can you teach me?" asked {h.name}. "Of course," said {a.name}.')
     tries = (f"{{h.Name}} tried, but {{h.he}} {fail}.", f"On the next try, {{h.he}} {fail} again.",
              f"{{h.He}} tried once more, but {{h.he}} {fail}.")
     for attempt in tries[:s.rng.randint(1, 3)]:
@@ -899,8 +898,8 @@ def plot_treat(s: Story) -> None:
     if s.rng.random() < 0.5:
         s.say_one("Oops! {h.Name} spilled some on the floor. They laughed and cleaned it up.",
                   "It took a long time, but {h.name} was patient.")
-    s.say(f'When {{f.name}} came over, {{f.he}} tasted it. "Yum! Did you make this?" {{f.he}} asked. '
-          f'"Yes, all by ourselves," said {{h.name}}.')
+    s.say('When {f.name} came over, {f.he} tasted it. "Yum! Did you make this?" {f.he} asked. '
+          '"Yes, all by ourselves," said {h.name}.')
 
 
 def plot_broken(s: Story) -> None:
