@@ -2,7 +2,7 @@
 
 config -> data -> layers -> moe -> model -> accounting -> growth -> train -> plots
        -> widget_rendering -> calculator, routing_explorer (re-exported by widgets) -> pipeline
-and, standing apart: story_generator (the offline corpus), hub_fixture (a hub-shaped folder of
+and, standing apart: story_grammar (the offline corpus), hub_fixture (a hub-shaped folder of
 generated stories), real_models (published MoE configs), colab (the notebooks' badges and setup cell),
 hf (export to and import from Hugging Face transformers).
 """

@@ -12,7 +12,9 @@ Sources, chosen with ``source=``:
 * a file         -- one TinyStories file: ``.txt`` with ``<|endoftext|>`` between
                    stories, ``.jsonl`` / ``.json`` with a ``text`` field, or ``.parquet``;
                    its last ``val_fraction`` of stories is held out for validation;
-* ``"offline"``  -- a generated stand-in shipped with the package (see ``story_generator``);
+* ``"offline"``  -- a generated stand-in shipped with the package: stories drawn from a
+                   grammar of children's stories (``story_grammar``), as many as the budget
+                   asks for (a budget of None stops at ``OFFLINE_UNBUDGETED_STORIES``);
 * ``"auto"``     -- the folder or file named by ``$MOE_COURSE_DATA`` if set (a classroom
                    points everyone at one shared download), else the hub when it
                    answers within a few seconds, else offline.  One line says which.
@@ -29,7 +31,7 @@ and the command line share one tokenizer and one set of token files.
 
 A cache entry is named by what made it, known before reading any story: the source's
 identity (hub name; a folder's or file's path with its files' sizes and modification
-times; the offline generator's source code), the split, the story budget and the
+times; the offline grammar's source code), the split, the story budget and the
 tokenizer's settings.  Files are written to a temporary name and renamed, so a crash
 or two processes preparing the same data at once never leave half a file; a file that
 is damaged anyway (wrong size, wrong content hash, unreadable metadata, another
@@ -56,8 +58,8 @@ from typing import Iterable, Iterator
 import numpy as np
 import torch
 
-from . import story_generator
-from .story_generator import OFFLINE_NOTICE, offline_corpus
+from . import story_grammar
+from .story_grammar import NOTICE as OFFLINE_NOTICE
 
 EOT = "<|endoftext|>"
 HUB_DATASET = "roneneldan/TinyStories"
@@ -72,6 +74,8 @@ PARALLEL_FROM_STORIES = 20_000    # chunks this large are tokenized by several p
 MAX_WORKERS = 8
 WORKDIR_PREFIX = "prepare-"       # temporary folders inside the cache, one per preparation
 STALE_WORKDIR_HOURS = 12.0        # such a folder this old was left by a killed process
+# The offline grammar has no end: a budget of None (the whole split) draws this many stories.
+OFFLINE_UNBUDGETED_STORIES = {"train": 200_000, "validation": 10_000}
 
 
 def cache_dir() -> Path:
@@ -167,7 +171,7 @@ class StorySource:
     ``identity`` is known without reading a single story, so a cached result is
     found without touching the data: the hub's dataset name, a folder's or file's
     resolved path with the names, sizes and modification times of its files, or
-    a hash of the offline generator's source code.
+    a hash of the offline grammar's source code.
     """
 
     kind: str        # "hub", "folder", "file" or "offline"
@@ -197,7 +201,7 @@ def describe_source(source, verbose: bool = True) -> StorySource:
     if given == "hub":
         return StorySource("hub", HUB_DATASET, f"hub:{HUB_DATASET}", "hub")
     if given == "offline":
-        version = hashlib.blake2b(Path(story_generator.__file__).read_bytes(), digest_size=8).hexdigest()
+        version = hashlib.blake2b(Path(story_grammar.__file__).read_bytes(), digest_size=8).hexdigest()
         return StorySource("offline", "offline", f"offline:{version}", "offline")
     if not isinstance(given, (str, Path)):
         raise ValueError(f"source must be a string or a path, got {given!r}")
@@ -316,7 +320,7 @@ def _story_stream(source: StorySource, split: str) -> Iterator[str]:
     if source.kind in ("hub", "folder"):
         return _clean(stream_hub_shaped(source.location, split))
     if source.kind == "offline":
-        return iter(offline_corpus(split))
+        return itertools.islice(story_grammar.iter_stories(split), OFFLINE_UNBUDGETED_STORIES[split])
     raise ValueError(f"{source.name} is a single file: it has no {split} split of its own")
 
 
@@ -493,7 +497,7 @@ class StoryPlan:
 
     ``budgets[split]`` is what selects a split's stories, and goes into the cache
     key: a story count for the hub, a folder or the offline corpus (None: the
-    whole split), or the ``limit`` and ``val_fraction`` of a single file, which is
+    whole split; for the endless offline grammar, ``OFFLINE_UNBUDGETED_STORIES``), or the ``limit`` and ``val_fraction`` of a single file, which is
     read whole on first need and kept for its other split.
     """
 
@@ -508,6 +512,9 @@ class StoryPlan:
             if val_limit is None and limit is not None:
                 val_limit = max(1, int(limit * val_fraction))
             self.budgets = {"train": limit, "validation": val_limit}
+            if source.kind == "offline":     # an endless grammar: "the whole split" is a fixed count
+                self.budgets = {split: OFFLINE_UNBUDGETED_STORIES[split] if budget is None else budget
+                                for split, budget in self.budgets.items()}
         self._file_splits: dict[str, list[str]] | None = None
 
     @property

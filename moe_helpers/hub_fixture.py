@@ -9,9 +9,9 @@ leaves the stories in parquet shards with one ``text`` column::
 ``write_hub_shaped_dir`` writes the same layout with as many stories as asked, in
 seconds and without a network, so the tests, ``benchmarks/data_prep.py`` and a
 teacher trying a classroom set-up can run the real code path on a corpus of
-TinyStories' size.  Each story is a random sequence of the offline corpus's
-sentences (``story_generator``): TinyStories-like in length (16-25 sentences,
-about 180 words or 0.9 kB on average, 90% of them 130-230 words) and all
+TinyStories' size.  Each story is a random sequence of sentences from the offline
+corpus (``story_grammar``'s first stories): TinyStories-like in length (17-27 sentences,
+about 180 words or 0.95 kB on average, 90% of them 133-232 words) and all
 distinct, but meaningless as stories -- good for measuring the data pipeline,
 useless for judging a model.
 """
@@ -25,18 +25,19 @@ from pathlib import Path
 
 import numpy as np
 
-from .story_generator import offline_corpus
+from . import story_grammar
 
-SENTENCES_PER_STORY = (16, 26)     # 16..25 sentences of ~8.7 words: ~180 words a story
+SENTENCES_PER_STORY = (17, 28)     # 17..27 sentences of ~8.2 words: ~180 words a story
 STORIES_PER_ROW_GROUP = 10_000     # parquet row groups: what a streaming reader holds at a time
 SENTENCE_END = re.compile(r"(?<=[.!?\"])\s+")
+SOURCE_STORIES = 2_500             # grammar stories whose sentences are shuffled (~1 s to draw)
 
 
 @lru_cache(maxsize=1)
 def offline_sentences() -> tuple[str, ...]:
-    """The distinct sentences of the offline corpus (~20 k), sorted so that every machine agrees."""
+    """The distinct sentences of the offline corpus's first stories, sorted so that every machine agrees."""
     sentences = set()
-    for story in offline_corpus("train") + offline_corpus("validation"):
+    for story in story_grammar.stories("train", SOURCE_STORIES):
         sentences.update(part.strip() for part in SENTENCE_END.split(story.replace("\n", " ")) if part.strip())
     return tuple(sorted(sentences))
 

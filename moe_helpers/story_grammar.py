@@ -1,9 +1,11 @@
-"""A grammar of children's stories: an offline stand-in for TinyStories with headroom.
+"""A grammar of children's stories: the offline stand-in for TinyStories, with headroom.
 
-``story_generator`` (the course's first offline corpus) fills ten fixed plot templates;
-its ~2,300 stories use ~1,400 distinct words, and a small model learns them in a few
-hundred steps. This module builds stories from a grammar instead, so that a corpus of
-any size can be drawn and bigger models still have something to learn:
+When the Hugging Face hub cannot be reached (an offline classroom, a CI machine), the
+course trains on stories from this module (``data``'s ``"offline"`` source).  The
+course's first stand-in filled ten fixed plot templates: ~2,300 stories with ~1,400
+distinct words, learnt by a small model in a few hundred steps, so a bigger or grown
+model had nothing left to show.  This module builds stories from a grammar instead, so
+that a corpus of any size can be drawn and bigger models still have something to learn:
 
 * **characters** -- a child or an animal with a name, pronouns, a trait, a home, a
   favourite toy (with a colour and a look), a favourite food and a hobby; a friend; an
@@ -14,6 +16,9 @@ any size can be drawn and bigger models still have something to learn:
   fear, a skill to learn, a quarrel, spoiled plans, a treat to make, a broken thing, a
   surprise), each a problem, one to three attempts, a result and a feeling.
 * **dialogue** -- questions with answers that fit them and the story's facts.
+* **a world that stays the same** -- a character is the same in every story: Woody the
+  boy always has the same trait, toy, food and hobby (drawn once from a hash of his
+  kind and name). These are facts a model can learn, not noise.
 
 Story ``i`` of a split depends only on ``(seed, split, i)``: it is drawn with its own
 ``random.Random`` seeded from a BLAKE2 hash of those three, so any slice can be built on
@@ -596,9 +601,12 @@ def make_child(rng: random.Random, avoid: set[str]) -> Character:
     while name in avoid:
         name = rng.choice(names)
     avoid.add(name)
-    colour, look, toy = rng.choice(COLOURS), rng.choice(LOOKS), rng.choice(TOYS)
-    return Character(name, kind, gender, trait=rng.choice(TRAITS), home=home, colour=colour, look=look, toy=toy,
-                     toy_full=f"{look} {colour} {toy}", food=rng.choice(FOODS), hobby=rng.choice(HOBBIES),
+    world = random.Random(_hash_int("world", kind, name))    # who this character is, in every story
+    if kind not in ("boy", "girl"):
+        gender = world.choice(("he", "she"))
+    colour, look, toy = world.choice(COLOURS), world.choice(LOOKS), world.choice(TOYS)
+    return Character(name, kind, gender, trait=world.choice(TRAITS), home=home, colour=colour, look=look, toy=toy,
+                     toy_full=f"{look} {colour} {toy}", food=world.choice(FOODS), hobby=world.choice(HOBBIES),
                      is_animal=kind not in ("boy", "girl"))
 
 
@@ -1060,3 +1068,33 @@ def corpus_statistics(texts: Iterable[str]) -> dict:
             "mean_paragraphs": sum(text.count("\n\n") + 1 for text in texts) / n,
             "dialogue_story_share": with_quote / n, "dialogue_sentence_share": quoted / max(sentences, 1),
             "notice": NOTICE}
+
+
+# ------------------------------------------------------------ the real data set, for comparison
+# Figures of the real TinyStories (roneneldan/TinyStories), each with where it comes from.
+TINYSTORIES_FIGURES = {
+    "stories": ("2,120,000 + 22,000", "dataset card: 2.12 M train and 22 k validation rows"),
+    "bytes per story": ("906", "TinyStories-train.txt: 1.92 GB for 2.12 M stories"),
+    "words per story": ("160", "a 500-story sample of the train split, measured for this course"),
+    "distinct words in 500 stories": ("3,193", "the same 500-story sample"),
+}
+
+
+def comparison_with_tinystories(texts: list[str]) -> list[tuple[str, str, str, str]]:
+    """Rows (figure, these stories, real TinyStories, source) comparing a draw of stories with the real set.
+
+    "distinct words in 500 stories" is measured on the first 500 of ``texts``, the
+    other figures on all of them.  (The offline grammar has no end: its story count is
+    whatever was drawn.)
+    """
+    texts = list(texts)
+    if len(texts) < 500:
+        raise ValueError(f"need at least 500 stories to compare with TinyStories, got {len(texts)}")
+    stats = corpus_statistics(texts)
+    ours = {
+        "stories": f"{len(texts):,} (this draw)",
+        "bytes per story": f"{sum(len(text.encode()) for text in texts) / len(texts):,.0f}",
+        "words per story": f"{stats['mean_words_per_story']:.0f}",
+        "distinct words in 500 stories": f"{corpus_statistics(texts[:500])['distinct_words']:,}",
+    }
+    return [(name, ours[name], real, source) for name, (real, source) in TINYSTORIES_FIGURES.items()]

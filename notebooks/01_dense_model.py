@@ -104,9 +104,13 @@ print(f"training: {train_cfg.steps_phase1} steps, batch {train_cfg.batch_size} x
 # generates. The line it prints tells you which one you got.
 #
 # **If it says "offline":** the offline corpus is a *generated stand-in* for TinyStories
-# (`moe_helpers.data.OFFLINE_NOTICE`): stories built from templates with hundreds of names,
-# objects and places. It is good for learning how everything works, but its losses are not
-# comparable to published TinyStories numbers.
+# (`moe_helpers.data.OFFLINE_NOTICE`): stories drawn from a grammar of children's stories
+# (`moe_helpers.story_grammar`) -- characters with a trait, a toy and a friend that later sentences
+# refer back to, one of ten plot shapes with a problem, attempts and a result, dialogue that
+# answers what was asked, over forty places. Any number of distinct stories can be drawn, the same
+# on every machine. It is rich enough that a bigger model learns more from it than a small one
+# (`benchmarks/offline_headroom.py` measures that), but its losses are not comparable to published
+# TinyStories numbers. The cell after the next one puts its statistics next to the real data set's.
 
 # %%
 from moe_helpers.data import load_stories
@@ -121,6 +125,22 @@ assert len(stories) > 1000 and corpus_chars > 1_000_000, "expected at least 1 MB
 # %%
 for story in stories[:3]:
     print(story, end="\n\n" + "-" * 80 + "\n\n")
+
+# %% [markdown]
+# How close are these stories to the real ones? The real figures come from the dataset card of
+# `roneneldan/TinyStories` and from a 500-story sample of it; the paper adds that the stories were
+# generated from prompts drawing on "about 1,500 basic words" a three-year-old knows (Eldan & Li
+# 2023, sec. 2). On the real data the left column simply shows a second measurement of the same thing.
+
+# %%
+from moe_helpers.story_grammar import comparison_with_tinystories
+
+comparison = comparison_with_tinystories(stories)
+print(f"{'':30s} {'these stories':>20s} {'real TinyStories':>20s}   source")
+for figure, ours, real, source in comparison:
+    print(f"{figure:30s} {ours:>20s} {real:>20s}   {source}")
+words_per_story = corpus_words / len(stories)
+assert 120 <= words_per_story <= 220, "stories should be about as long as TinyStories' (~160 words)"
 
 # %% [markdown]
 # ## 2. The tokenizer

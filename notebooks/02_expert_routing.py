@@ -506,12 +506,12 @@ for name, fractions in drops.items():
     assert all(a >= b for a, b in zip(fractions, fractions[1:])), "more capacity must never drop more"
     assert fractions[-1] == 0.0                    # capacity factor E: room for every slot
 at_switch_factor = capacity_factors.index(1.25)
-assert drops["with balancing loss"][at_switch_factor] < 0.05
-assert drops["without balancing loss"][at_switch_factor] > drops["with balancing loss"][at_switch_factor] + 0.1
+assert drops["with balancing loss"][at_switch_factor] < 0.10     # measured about 5%
+assert drops["without balancing loss"][at_switch_factor] > drops["with balancing loss"][at_switch_factor] + 0.3
 
 # %% [markdown]
-# *What to notice:* the balanced model drops little once the capacity factor passes about 1.25;
-# the collapsed model keeps dropping a large share of its tokens until the buffers are several
+# *What to notice:* the balanced model drops a few percent of its slots at a capacity factor of
+# 1.25 and none from 2 on (its balance is good on average, not in every batch); the collapsed model keeps dropping a large share of its tokens until the buffers are several
 # times the fair share — balance is what makes a small, fixed capacity affordable.
 
 # %% [markdown]

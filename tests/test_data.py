@@ -3,6 +3,7 @@ and its cache, and token batches."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import socket
@@ -15,9 +16,10 @@ import pytest
 import torch
 
 from moe_helpers import data as data_module
-from moe_helpers.data import (EOT, LOCAL_FORMATS, cache_dir, get_batch, hub_is_reachable, load_stories,
-                              prepare_data, resolve_source, train_tokenizer)
-from moe_helpers.story_generator import OFFLINE_NOTICE
+from moe_helpers import story_grammar
+from moe_helpers.data import (EOT, LOCAL_FORMATS, OFFLINE_NOTICE, OFFLINE_UNBUDGETED_STORIES, StoryPlan, cache_dir,
+                              describe_source, get_batch, hub_is_reachable, load_stories, prepare_data,
+                              resolve_source, train_tokenizer)
 
 STORIES = [
     "Once upon a time, there was a little girl named Lily. She had a red ball.",
@@ -129,24 +131,32 @@ def test_prepare_data_holds_out_the_end_of_a_local_file(tmp_path):
 
 
 # ------------------------------------------------------------ offline corpus
-def test_offline_corpus_is_large_and_validation_is_disjoint():
-    train = load_stories("offline", "train")
-    validation = load_stories("offline", "validation")
-    assert sum(len(story.encode("utf-8")) for story in train) >= 1_000_000
-    assert len(validation) >= 50
+def test_offline_corpus_is_the_story_grammar_with_disjoint_splits():
+    train = load_stories("offline", "train", limit=2_000)
+    validation = load_stories("offline", "validation", limit=200)
+    assert train == story_grammar.stories("train", 2_000)          # the grammar's stories, in order
+    assert validation == story_grammar.stories("validation", 200)
     assert not set(train) & set(validation)
-    assert load_stories("offline", "val") == validation
+    assert load_stories("offline", "val", limit=200) == validation
     assert len(set(train)) == len(train)                     # no story twice
-    assert "not the real" in OFFLINE_NOTICE
+    assert "not the real" in OFFLINE_NOTICE and OFFLINE_NOTICE == story_grammar.NOTICE
 
 
-def test_offline_corpus_is_the_same_on_every_call():
+def test_offline_corpus_gives_as_many_stories_as_asked():
+    for limit in (1, 5, 1_234):
+        assert len(load_stories("offline", limit=limit)) == limit
     first = load_stories("offline", limit=5)
-    second = load_stories("offline", limit=5)
-    assert first == second and len(first) == 5
-    whole = load_stories("offline")
-    whole[0] = "changed"                                     # callers cannot change the cached corpus
-    assert load_stories("offline")[0] == first[0]
+    assert load_stories("offline", limit=5) == first         # the same on every call
+    assert load_stories("offline", limit=6)[:5] == first     # a larger budget extends a smaller one
+
+
+def test_an_unbudgeted_offline_plan_draws_a_fixed_count():
+    """The grammar has no end: a budget of None means OFFLINE_UNBUDGETED_STORIES, and says so in the cache key."""
+    plan = StoryPlan(describe_source("offline"), limit=None, val_limit=None, val_fraction=0.05,
+                     tokenizer_limit=1_000)
+    assert plan.budgets == OFFLINE_UNBUDGETED_STORIES
+    assert OFFLINE_UNBUDGETED_STORIES["train"] >= 100_000
+    assert list(itertools.islice(plan.stories("validation"), 3)) == story_grammar.stories("validation", 3)
 
 
 def test_bad_split_is_rejected():

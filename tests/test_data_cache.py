@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from moe_helpers import data as data_module
+from moe_helpers import story_grammar
 from moe_helpers.config import preset
 from moe_helpers.data import (HUB_DATASET, HUB_SHARDS, load_stories, prepare_data, prepare_preset_data,
                               resolve_source, token_dtype, train_tokenizer)
@@ -52,8 +53,9 @@ def forbid_reading_stories(monkeypatch) -> None:
     def must_not_run(*args, **kwargs):
         raise AssertionError("stories were read or a tokenizer trained on a cache hit")
 
-    for name in ("stream_hub_shaped", "_load_local", "offline_corpus", "train_tokenizer"):
+    for name in ("stream_hub_shaped", "_load_local", "train_tokenizer"):
         monkeypatch.setattr(data_module, name, must_not_run)
+    monkeypatch.setattr(story_grammar, "iter_stories", must_not_run)      # the offline corpus
 
 
 def file_digest(path: Path) -> str:
