@@ -238,9 +238,13 @@ class Run:
         story = self.sample_story(model)
         (self.out / f"story_phase{phase}.txt").write_text(story + "\n")
         print(f"\n  Story after phase {phase}:\n  {story[:400]}\n")
+        start_val, final_val = evaluated[0]["val_loss"], evaluated[-1]["val_loss"]
+        print(f"  Phase {phase} validation loss: {start_val:.3f} \u2192 {final_val:.3f} "
+              f"({final_val - start_val:+.3f} nats)\n")
         entry = {"phase": phase, "title": PHASE_TITLES[phase], "total_params": counts.total,
                  "active_params": counts.active, "steps": train.steps(phase), "lr": train.lr(phase),
-                 "final_train_loss": records[-1]["train_loss"], "final_val_loss": evaluated[-1]["val_loss"],
+                 "final_train_loss": records[-1]["train_loss"], "start_val_loss": start_val,
+                 "final_val_loss": final_val,
                  "tokens_per_second": tokens / max(phase_seconds, 1e-9), "wall_seconds": phase_seconds}
         entry.update(self.pending_jump or {"jump": None})
         self.pending_jump = None
