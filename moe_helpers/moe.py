@@ -43,8 +43,12 @@ def load_balancing_loss(router_logits: torch.Tensor, top_k: int) -> torch.Tensor
 
     ``f_i``: fraction of the N*k token slots routed to expert i (no gradient);
     ``P_i``: mean router probability of expert i over the N tokens.
-    It is exactly 1.0 when both are uniform (1/E each) and E when every slot
-    and all probability go to one expert.  ``router_logits``: (N, E).
+    It is 1.0 when both are uniform (1/E each) and E when every slot and all
+    probability go to one expert.  It is *not* minimised only by balance: f and P
+    can be uneven in opposite directions and give less than 1 (tokens whose
+    probabilities are (.99, .01), (.49, .51), (.49, .51) give 0.896).  Since f has
+    no gradient, training lowers P_i where f_i is large, which moves tokens away
+    from busy experts: a differentiable proxy for balance.  ``router_logits``: (N, E).
     """
     num_tokens, num_experts = router_logits.shape
     probs = upcast(router_logits).softmax(dim=-1)                               # (N, E)
@@ -101,7 +105,8 @@ class Router(nn.Linear):
     It *is* the linear map (so ``moe.router.weight`` is the (E, d_model) matrix),
     with a ``route`` method on top.  ``renormalize=True`` rescales the k chosen
     probabilities to sum to 1 (Mixtral); ``False`` keeps the raw probabilities
-    (Switch / GShard style).  ``noisy=True`` adds trainable Gaussian noise to the
+    (Switch Transformer for top-1; DeepSeekMoE, OLMoE and Qwen1.5-MoE for top-k, whose
+    configs in ``transformers`` say ``norm_topk_prob=False``).  ``noisy=True`` adds trainable Gaussian noise to the
     logits while training (noisy top-k gating, Shazeer et al. 2017, eqs. 3-5):
     ``H(x) = x W_g + N(0, 1) * softplus(x W_noise)``.
     """
@@ -143,8 +148,9 @@ class MoELayer(nn.Module):
     always-active experts added to every token's output (DeepSeekMoE), a
     ``capacity_factor`` that limits each expert to
     ``ceil(capacity_factor * N * k / E)`` token slots (slots over the limit are
-    dropped and contribute zero; the residual connection carries the token on),
-    noisy top-k gating and Switch-style weights without renormalisation.
+    dropped and contribute zero; the residual connection carries the token on;
+    first choices fill each expert's buffer before second choices, as in GShard),
+    noisy top-k gating and weights without renormalisation (Switch, DeepSeekMoE).
     """
 
     def __init__(self, d_model: int, d_ff: int, num_experts: int, top_k: int = 2, *,
@@ -207,15 +213,19 @@ class MoELayer(nn.Module):
         whether it was kept (False only when the capacity limit dropped it).
         """
         num_tokens = tokens.shape[0]
-        slot_expert = top_k_experts.flatten()                                   # (N*k,)
+        slot_expert = top_k_experts.flatten()                                   # (N*k,) slot = token*k + rank
         slot_weight = top_k_weights.flatten()                                   # (N*k,)
-        order = torch.argsort(slot_expert, stable=True)                         # (N*k,) slots grouped by expert
+        # Each expert's queue: first choices (rank 0) of all tokens in token order, then second
+        # choices, ... -- so a capacity limit drops later choices first (GShard, Lepikhin et al. 2020).
+        slot_index = torch.arange(slot_expert.numel(), device=slot_expert.device)   # (N*k,)
+        priority = (slot_index % self.top_k) * num_tokens + slot_index // self.top_k
+        order = torch.argsort(slot_expert * slot_expert.numel() + priority)     # (N*k,) by expert, then priority
         sorted_expert = slot_expert[order]                                      # (N*k,) non-decreasing
         tokens_per_expert = count_per_expert(slot_expert, self.num_experts)     # (E,)
 
         kept = torch.ones_like(order, dtype=torch.bool)
         capacity = self.capacity(num_tokens)
-        if capacity is not None:   # a slot's place in its expert's queue, in token order
+        if capacity is not None:   # a slot's place in its expert's queue
             queue_start = torch.cumsum(tokens_per_expert, 0) - tokens_per_expert
             place_in_queue = torch.arange(order.numel(), device=order.device) - queue_start[sorted_expert]
             kept = place_in_queue < capacity

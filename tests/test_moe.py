@@ -29,26 +29,30 @@ def reference_moe(layer: MoELayer, tokens: torch.Tensor, capacity: int | None = 
     (plus the always-active shared experts, DeepSeekMoE).
 
     ``tokens``: (N, d_model).  With ``capacity``, each expert serves at most
-    that many token slots, first come first served in token order; a slot over
-    the limit contributes nothing.
+    that many token slots, GShard's way: every token's first choice is queued
+    (in token order) before any second choice; a slot over the limit contributes
+    nothing.
     """
-    slots_taken = [0] * layer.num_experts
-    outputs = []
+    choices = []
     for token in tokens:                                                  # (d_model,)
         logits = layer.router.weight @ token                              # (E,)
         probs = logits.softmax(dim=-1)                                    # (E,)
         weights, experts = probs.topk(layer.top_k)                        # (k,), (k,)
         if layer.renormalize:
             weights = weights / weights.sum()
-        output = torch.zeros_like(token)
-        for weight, expert in zip(weights, experts.tolist()):
+        choices.append(list(zip(weights, experts.tolist())))
+    slots_taken = [0] * layer.num_experts
+    outputs = [torch.zeros_like(token) for token in tokens]
+    for rank in range(layer.top_k):                                       # first choices first
+        for index, token in enumerate(tokens):
+            weight, expert = choices[index][rank]
             slots_taken[expert] += 1
             if capacity is not None and slots_taken[expert] > capacity:
                 continue                                                  # dropped slot
-            output = output + weight * layer.experts[expert](token)
+            outputs[index] = outputs[index] + weight * layer.experts[expert](token)
+    for index, token in enumerate(tokens):
         for shared in layer.shared_experts:                               # always active
-            output = output + shared(token)
-        outputs.append(output)
+            outputs[index] = outputs[index] + shared(token)
     return torch.stack(outputs)                                           # (N, d_model)
 
 
@@ -244,6 +248,7 @@ def routed_layer(expert_of_token: list[int], num_experts: int, **options):
 
 
 def test_capacity_drops_the_slots_over_the_limit_in_token_order():
+    """Top-1: every slot is a first choice, so the queue is plain token order."""
     expert_of_token = [0, 0, 1, 0, 0, 2, 0, 1]     # expert 0 gets 5 slots, 1 gets 2, 2 gets 1
     layer, tokens = routed_layer(expert_of_token, num_experts=3, capacity_factor=1.0)
     capacity = math.ceil(1.0 * 8 * 1 / 3)          # = 3 slots per expert
@@ -258,6 +263,23 @@ def test_capacity_drops_the_slots_over_the_limit_in_token_order():
     assert stats.dropped_fraction == pytest.approx(2 / 8)
     assert stats.dropped_slots.item() == 2
     assert stats.tokens_per_expert.tolist() == [5, 2, 1]   # counted before dropping
+
+
+def test_capacity_serves_first_choices_before_second_choices():
+    """GShard's priority: an earlier token's *second* choice loses its slot to a later token's first choice."""
+    layer = make_layer(4, 8, 4, 2, seed=8, capacity_factor=0.5)          # ceil(0.5 * 4 * 2 / 4) = 1 slot each
+    assert layer.capacity(4) == 1
+    tokens = torch.randn(4, 4, dtype=torch.float64)
+    experts = torch.tensor([[1, 0], [0, 2], [0, 3], [2, 1]])              # (N, k): token 0 wants expert 0 second
+    weights = torch.tensor([[0.6, 0.4], [0.7, 0.3], [0.8, 0.2], [0.9, 0.1]], dtype=torch.float64)
+    output, kept = layer._dispatch(tokens, weights, experts)
+    expert = layer.experts
+    expected = torch.stack([0.6 * expert[1](tokens[0]),                 # its 2nd choice (expert 0) dropped
+                            0.7 * expert[0](tokens[1]),                 # the first first-choice of expert 0
+                            0.2 * expert[3](tokens[2]),                 # expert 0 was full
+                            0.9 * expert[2](tokens[3])])                # beat token 1's second choice to expert 2
+    torch.testing.assert_close(output, expected, rtol=1e-10, atol=1e-12)
+    assert int((~kept).sum()) == 4
 
 
 @pytest.mark.parametrize("capacity_factor", [0.5, 1.0, 1.25])
