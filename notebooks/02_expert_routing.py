@@ -188,9 +188,13 @@ print(f"MoELayer output equals the per-token loop: max |difference| = {(by_layer
 #
 # Make every expert a copy of expert 0 — exactly what *sparse upcycling* does when it turns a dense
 # model into an MoE (notebook 04).  Every token now sees the same function whichever experts it
-# picks, so the layer *should* output `Expert_0(x)`.  With renormalised weights (Mixtral) it does;
-# without (Switch / GShard style) the output is scaled by the probability mass of the chosen
-# experts, which is below 1 whenever k < E (and would be k/E for a perfectly uniform router).
+# picks, so the layer *should* output `Expert_0(x)`.  With renormalised weights it does: Mixtral
+# divides the k chosen probabilities by their sum, as GShard's top-2 gate did (g1 / (g1 + g2)) and as
+# Shazeer et al. (2017) did by taking the softmax over the kept logits only.  Without renormalisation
+# -- Switch Transformer's top-1 gate, and the top-k gates of DeepSeekMoE, OLMoE and Qwen1.5-MoE
+# (`norm_topk_prob=False` in their `transformers` configs) -- the output is scaled by the probability
+# mass of the chosen experts, which is below 1 whenever k < E (and would be k/E for a perfectly
+# uniform router).
 
 # %%
 torch.manual_seed(0)
@@ -283,8 +287,20 @@ assert int(tokens_per_expert.sum()) == len(pieces) * TOP_K
 #   f_i = \frac{\#\{\text{slots sent to } i\}}{N k}, \qquad P_i = \frac{1}{N}\sum_{t} p_{t,i}.$$
 #
 # `f` counts (no gradient), `P` averages the router probabilities (the gradient flows through it).
-# The product is smallest, exactly 1, when the load is uniform, and reaches `E` when one expert
-# takes everything.  By hand, on three routers for 64 tokens and 8 experts:
+# It equals 1 when both are uniform and `E` when one expert takes everything.  It is **not** a measure
+# of balance whose minimum is balance: `f` and `P` can be uneven in opposite directions and give less
+# than 1 -- three tokens with top-1 probabilities (.99, .01), (.49, .51), (.49, .51) send 1 slot to
+# expert 0 and 2 to expert 1, and give 2 · (1/3 · .657 + 2/3 · .343) = 0.896.  What it does is push:
+# `f` is a constant for the gradient, so lowering the loss means lowering `P_i` most where `f_i` is
+# largest -- the router learns to move probability away from busy experts.  It is a *differentiable
+# proxy* for the non-differentiable counts `f`, and the push stops where the counts are even.
+#
+# The `aux` column of the training logs is the sum of two terms: this loss times `aux_loss_coef`
+# (0.01 by default) and the **router z-loss** of ST-MoE (Zoph et al. 2022, eq. 5),
+# `mean_t (logsumexp_i z_{t,i})²` times `z_loss_coef` (0.001), which keeps the router's logits small
+# so that its softmax stays numerically stable and does not saturate.
+#
+# By hand, on three routers for 64 tokens and 8 experts:
 
 # %%
 from moe_helpers.moe import load_balancing_loss
@@ -313,6 +329,11 @@ for name, logits in routers.items():
     print(f"{name:38s} loss {balance[name]:.4f}")
 assert abs(balance["balanced (token t -> expert t mod 8)"] - 1.0) < 1e-3
 assert abs(balance["collapsed (every token -> expert 0)"] - 8.0) < 1e-2
+
+uneven_in_opposite_ways = torch.tensor([[0.99, 0.01], [0.49, 0.51], [0.49, 0.51]]).log()   # f = (1/3, 2/3)
+below_one = load_balancing_loss(uneven_in_opposite_ways, top_k=1)
+print(f"{'uneven f and P, in opposite ways':38s} loss {below_one:.4f}  (below the uniform 1.0)")
+assert abs(below_one - 0.8956) < 1e-4
 
 # %% [markdown]
 # ### The experiment: the same MoE, trained without and with the balancing loss
@@ -448,8 +469,11 @@ assert sentence_experts["collapsed"] < sentence_experts["balanced"]
 # On accelerators every expert gets a fixed-size buffer of
 # `capacity = ceil(capacity_factor · N · k / E)` slots (GShard, Lepikhin et al. 2020; Switch uses
 # a factor of 1.0 to 1.25).  Slots beyond an expert's capacity are **dropped**: they contribute
-# zero, and only the residual connection carries those tokens on.  `MoELayer` counts them in the
-# routing record it returns (`routing.dropped_fraction`).  First the count by hand for one batch:
+# zero, and only the residual connection carries those tokens on.  Which slots go first is a choice:
+# as in GShard, `MoELayer` fills each expert's buffer with every token's *first* choice (in token
+# order) before any second choice, so a token loses its less important expert first.  `MoELayer`
+# counts the dropped slots in the routing record it returns (`routing.dropped_fraction`).  First the
+# count by hand for one batch (top-1 here, so every slot is a first choice):
 
 # %%
 import math

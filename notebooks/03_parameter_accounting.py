@@ -79,6 +79,16 @@ from moe_helpers.config import ModelConfig, preset
 from moe_helpers.model import GPT
 
 # %% [markdown]
+# **The original note.** This course grew from a short note describing a three-phase training script
+# for TinyStories: train a dense model (phase 1), upcycle it into a Mixture-of-Experts (phase 2), grow
+# that MoE in width and depth (phase 3), 100 steps a phase. The note's script printed a *banner* at the
+# start of each phase -- total parameters, active parameters per token, inactive parameters, idle
+# experts and an "efficiency" (the active share) -- and checked the Phase 2→3 loss jump: "if it's
+# < 0.001, bilateral growth is working perfectly". The note itself is not part of the course; what we
+# reproduce from it are its formulas and banners (here, with the `seed` preset) and its jump check
+# (notebooks 05 and 06, and `python -m moe_helpers train`). "The note" below always means this one.
+
+# %% [markdown]
 # ## 1. Counting the `laptop` model by hand
 #
 # The `laptop` preset is a dense decoder: vocabulary $V = 2048$, width $d = 128$, $L = 4$ blocks,
@@ -444,8 +454,12 @@ assert measured_per_token == forward_by_hand
 #
 # **Memory.** Any token may pick any expert, so all experts live in memory, whether or not a
 # given token uses them: memory follows the **total**. Training also keeps a gradient per
-# parameter and AdamW's two moment estimates (float32) per parameter. For the `laptop` MoE the
-# weights are real tensors we can measure:
+# parameter and AdamW's two moment estimates (float32) per parameter. In float32 that is
+# 4 + 4 + 8 = 16 bytes per parameter. `memory_bytes(cfg, torch.bfloat16)` counts bf16 weights and
+# gradients (2 + 2 + 8 = 12 bytes) and does **not** count the float32 master copy of the weights that
+# mixed-precision training usually keeps (4 bytes more, 16 in all; this course's `--precision bf16`
+# keeps float32 weights and autocasts, so its state is the float32 16 bytes). For the `laptop` MoE
+# the weights are real tensors we can measure:
 
 # %%
 laptop_memory = memory_bytes(laptop_moe, torch.float32, "adamw")
@@ -457,7 +471,8 @@ assert laptop_memory.total == 16 * counts.total                 # 4 + 4 + 2 x 4 
 
 # %% [markdown]
 # Now the note's models: the 100 M dense phase 1, the 372 M MoE phase 2, and, for comparison, a
-# dense model as big as the MoE (the phase-1 model with an 8 times wider FFN).
+# dense model as big as the MoE (the phase-1 model with an 8 times wider FFN). Memory below is
+# pure-bf16 training at 12 bytes per parameter (no float32 master weights).
 
 # %%
 wide_dense = seed_dense.replace(d_ff=8 * seed_dense.d_ff)

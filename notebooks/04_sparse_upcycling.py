@@ -185,7 +185,8 @@ assert abs(moe_val - dense_val) < 1e-5
 # %% [markdown]
 # ## 3. Without renormalisation: a jump
 #
-# Switch Transformer and GShard weight the chosen experts by the raw probabilities $p_i$. Then
+# Switch Transformer (top-1) and DeepSeekMoE, OLMoE and Qwen1.5-MoE (top-k) weight the chosen experts
+# by the raw probabilities $p_i$ (GShard and Mixtral renormalise, like the course's default). Then
 # $y = \mathrm{FFN}(x) \sum_{i \in S} p_i$: every FFN output is **scaled by the sum of the chosen
 # probabilities**. The $k$ largest of $E$ probabilities sum to at least $k/E$ (exactly $k/E$ for a
 # perfectly uniform router), so top-2 of 4 keeps a bit more than half of every FFN output: a fresh
@@ -207,7 +208,7 @@ print(f"sum of the chosen probabilities in block 0: mean {chosen_sum.mean():.3f}
 print(f"jump without renormalisation: {switch_report.jump:+.4f} nats/token, "
       f"{abs(switch_report.jump) / max(abs(report.jump), 1e-12):.0e} times the renormalised one")
 assert TOP_K / NUM_EXPERTS - 1e-6 <= chosen_sum.min() and chosen_sum.max() < 1
-assert abs(switch_report.jump) > 1e-3 and switch_report.max_abs_logit_diff > 100 * report.max_abs_logit_diff
+assert abs(switch_report.jump) > 0.02 and switch_report.max_abs_logit_diff > 100 * report.max_abs_logit_diff  # ~0.06
 
 # %% [markdown]
 # Every FFN now contributes about half as much as the model was trained with, and the loss jumps;

@@ -72,6 +72,12 @@ print("device:", device)
 SCALE_UP = False   # True: ten times longer phases (1200 / 400 / 200 steps) of the same laptop models
 
 # %% [markdown]
+# **"The note"** in this notebook is the original note the course grew from (introduced in notebook
+# 03): a short description of a three-phase TinyStories training script -- dense, then upcycled MoE,
+# then a grown MoE, 100 steps a phase -- that printed a parameter banner per phase and checked that
+# the Phase 2→3 loss jump stays below 0.001. This notebook runs the course's version of that script.
+
+# %% [markdown]
 # ## 1. The three phases
 #
 # The original note trains one model in three phases. Each phase starts from the model the previous
@@ -453,7 +459,10 @@ from moe_helpers.accounting import flops_per_token, memory_bytes
 
 SEED = preset("seed")
 SEED_TOKENS_PER_STEP = SEED.train.batch_size * SEED.train.seq_len
-ASSUMED_TFLOPS = 100   # an assumption: sustained bfloat16 training throughput, about a third of an A100's peak
+# An assumption: sustained *bfloat16* training throughput, about a third of an A100's bf16 peak. The
+# command's default on CUDA is `--precision auto` = bf16 autocast; with `--precision fp32` expect
+# several times longer (an A100 peaks at 19.5 TFLOP/s in plain float32, 156 with TF32).
+ASSUMED_TFLOPS = 100
 
 print(f"{'phase':<8}{'params':>10}{'float32 + AdamW':>18}{'bfloat16 + AdamW':>18}"
       f"{'train GFLOP/tok':>17}{'minutes':>9}")
