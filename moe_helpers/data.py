@@ -497,8 +497,9 @@ class StoryPlan:
 
     ``budgets[split]`` is what selects a split's stories, and goes into the cache
     key: a story count for the hub, a folder or the offline corpus (None: the
-    whole split; for the endless offline grammar, ``OFFLINE_UNBUDGETED_STORIES``), or the ``limit`` and ``val_fraction`` of a single file, which is
-    read whole on first need and kept for its other split.
+    whole split; for the endless offline grammar, ``OFFLINE_UNBUDGETED_STORIES``),
+    or the ``limit`` and ``val_fraction`` of a single file, which is read whole on
+    first need and kept for its other split.
     """
 
     def __init__(self, source: StorySource, limit: int | None, val_limit: int | None, val_fraction: float,
