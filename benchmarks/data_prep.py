@@ -14,7 +14,7 @@ TinyStories' length) and measures, side by side in one run:
               (the same tokenizer, trained on the same stories).
 
 Each variant runs in its own process, so its peak resident memory
-(``ru_maxrss``) is its own; memory is reported above the process's baseline
+(``VmHWM`` on Linux) is its own; memory is reported above the process's baseline
 after imports, and per token of the train and validation streams.  ``old`` is
 checked to produce exactly the tokens of ``cold``.  With ``num_proc`` > 1 the
 tokenizing workers are reported separately (``workers``); they start as copies
@@ -52,7 +52,16 @@ def resident_mb() -> float:
 
 
 def peak_mb(who=resource.RUSAGE_SELF) -> float:
-    """Peak resident memory in MB (10^6 bytes): ru_maxrss counts KiB on Linux, bytes on macOS."""
+    """Peak resident memory in MB (10^6 bytes).
+
+    This process: its own high-water mark (``VmHWM``) on Linux, since Linux carries
+    ``ru_maxrss`` across execve (it would count the parent that started us).  Its
+    children (forked workers), or this process on macOS: ``ru_maxrss`` (KiB on Linux,
+    bytes on macOS).
+    """
+    if who == resource.RUSAGE_SELF and os.path.exists("/proc/self/status"):
+        with open("/proc/self/status") as status:
+            return int(next(line for line in status if line.startswith("VmHWM:")).split()[1]) * 1024 / 1e6
     unit = 1 if sys.platform == "darwin" else 1024
     return resource.getrusage(who).ru_maxrss * unit / 1e6
 

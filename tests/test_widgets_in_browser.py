@@ -26,6 +26,7 @@ its driver) is stopped at the end, also when the test fails.
 from __future__ import annotations
 
 import base64
+import contextlib
 import html
 import json
 import os
@@ -340,6 +341,26 @@ class Page:
                              self.find(f"{css} .noUi-target"), handle)
         ActionChains(self.driver).click_and_hold(handle).move_by_offset(pixels, 0).release().perform()
 
+    def drag_slider_to_right_end_until(self, css: str, check, what: str, deadline: Deadline,
+                                       attempts: int = 3) -> None:
+        """Drag to the right end until ``check()`` holds, as a person would drag again.
+
+        A drag measures the handle and then moves the mouse; if the page shifts in between
+        (the figure above is swapped for a new one after every change), the press can miss
+        the handle.  One fresh-clone run saw a drag that never arrived.  Each attempt waits
+        a third of a step; the last one fails the test as ``wait_for`` does."""
+        for attempt in range(attempts):
+            self.drag_slider_to_right_end(css, deadline)
+            wait = Deadline(min(STEP_SECONDS / attempts, deadline.left()))
+            if attempt == attempts - 1:
+                wait_for(check, what, wait)
+                return
+            while wait.left() > 0:
+                with contextlib.suppress(Exception):    # the page may still be changing
+                    if check():
+                        return
+                time.sleep(0.1)
+
     def choose(self, css: str, option: str) -> None:
         Select(self.scroll_to(self.find(f"{css} select"))).select_by_visible_text(option)
 
@@ -456,8 +477,8 @@ def check_calculator(page: Page, deadline: Deadline) -> None:
         page.type_text(css, str(value))
         (state if name == "seq_len" else state["sizes"])[name] = value
         expect_calculator(page, deadline, state, f"typing {name} = {value}")
-        page.drag_slider_to_right_end(css, deadline)
-        wait_for(lambda: page.number(css) == high, f"{name}'s box to follow its slider to {high}", deadline.step())
+        page.drag_slider_to_right_end_until(css, lambda: page.number(css) == high,
+                                            f"{name}'s box to follow its slider to {high}", deadline)
         (state if name == "seq_len" else state["sizes"])[name] = high
         expect_calculator(page, deadline, state, f"dragging {name} to {high}")
 
