@@ -133,7 +133,7 @@ for story in stories[:3]:
 # 2023, sec. 2). On the real data the left column simply shows a second measurement of the same thing.
 
 # %%
-from moe_helpers.story_grammar import comparison_with_tinystories
+from moe_helpers.story_grammar import comparison_with_tinystories, corpus_statistics
 
 comparison = comparison_with_tinystories(stories)
 print(f"{'':30s} {'these stories':>20s} {'real TinyStories':>20s}   source")
@@ -141,6 +141,8 @@ for figure, ours, real, source in comparison:
     print(f"{figure:30s} {ours:>20s} {real:>20s}   {source}")
 words_per_story = corpus_words / len(stories)
 assert 120 <= words_per_story <= 220, "stories should be about as long as TinyStories' (~160 words)"
+distinct_in_500 = corpus_statistics(stories[:500])["distinct_words"]           # the table's fourth row
+assert distinct_in_500 >= 2_000, "the vocabulary should be within reach of TinyStories' (3,193 words in 500 stories)"
 
 # %% [markdown]
 # ## 2. The tokenizer

@@ -26,7 +26,6 @@ its driver) is stopped at the end, also when the test fails.
 from __future__ import annotations
 
 import base64
-import contextlib
 import html
 import json
 import os
@@ -103,20 +102,30 @@ class Deadline:
         return Deadline(min(STEP_SECONDS, self.left()))
 
 
-def wait_for(check, what: str, deadline: Deadline, poll: float = 0.1):
-    """Call ``check()`` until it returns something true, and return that; fail naming ``what``
-    (and the last thing seen, if ``check`` raised) when ``deadline`` passes."""
+def poll(check, deadline: Deadline, every: float = 0.1):
+    """Call ``check()`` until it returns something true or ``deadline`` passes.
+
+    Returns ``(result, last_error)``: the true result, or None and the last exception
+    ``check`` raised (the page may still be changing while we look)."""
     last = None
     while True:
         try:
             result = check()
             if result:
-                return result
-        except Exception as error:      # noqa: BLE001 -- the page may still be changing; reported on timeout
+                return result, None
+        except Exception as error:      # noqa: BLE001 -- reported by the caller on timeout
             last = error
         if deadline.left() <= 0:
-            pytest.fail(f"timed out waiting for {what}" + (f" (last error: {last!r})" if last else ""))
-        time.sleep(poll)
+            return None, last
+        time.sleep(every)
+
+
+def wait_for(check, what: str, deadline: Deadline, every: float = 0.1):
+    """``poll`` that fails the test naming ``what`` (and the last error seen) when ``deadline`` passes."""
+    result, last = poll(check, deadline, every)
+    if not result:
+        pytest.fail(f"timed out waiting for {what}" + (f" (last error: {last!r})" if last else ""))
+    return result
 
 
 def _free_port() -> int:
@@ -211,7 +220,7 @@ def lab(tmp_path_factory):
 
     try:
         wait_for(lambda: _get(f"{base}/api/status", token) is not None or server.poll() is not None,
-                 "the Jupyter server to answer", Deadline(60), poll=0.3)
+                 "the Jupyter server to answer", Deadline(60), every=0.3)
         if server.poll() is not None:
             pytest.fail(f"the Jupyter server exited with {server.returncode}:\n"
                         f"{(root / 'server.log').read_text()[-3000:]}")
@@ -324,7 +333,7 @@ class Page:
             time.sleep(0.15)
             return before == self.script(where, handle)
 
-        wait_for(still, f"the handle of {css} to stop moving", deadline.step(), poll=0.05)
+        wait_for(still, f"the handle of {css} to stop moving", deadline.step(), every=0.05)
         return handle
 
     def drag_slider(self, css: str, pixels: int, deadline: Deadline) -> None:
@@ -349,17 +358,12 @@ class Page:
         (the figure above is swapped for a new one after every change), the press can miss
         the handle.  One fresh-clone run saw a drag that never arrived.  Each attempt waits
         a third of a step; the last one fails the test as ``wait_for`` does."""
-        for attempt in range(attempts):
+        for _ in range(attempts - 1):
             self.drag_slider_to_right_end(css, deadline)
-            wait = Deadline(min(STEP_SECONDS / attempts, deadline.left()))
-            if attempt == attempts - 1:
-                wait_for(check, what, wait)
+            if poll(check, Deadline(min(STEP_SECONDS / attempts, deadline.left())))[0]:
                 return
-            while wait.left() > 0:
-                with contextlib.suppress(Exception):    # the page may still be changing
-                    if check():
-                        return
-                time.sleep(0.1)
+        self.drag_slider_to_right_end(css, deadline)
+        wait_for(check, what, Deadline(min(STEP_SECONDS / attempts, deadline.left())))
 
     def choose(self, css: str, option: str) -> None:
         Select(self.scroll_to(self.find(f"{css} select"))).select_by_visible_text(option)
@@ -418,7 +422,7 @@ def test_both_widgets_in_jupyterlab(lab, browser):
     wait_for(lambda: page.script("""const panel = window.jupyterapp && window.jupyterapp.shell.currentWidget;
         const kernel = panel && panel.sessionContext && panel.sessionContext.session
                        && panel.sessionContext.session.kernel;
-        return !!kernel && kernel.status === 'idle';"""), "the notebook's kernel", deadline, poll=0.3)
+        return !!kernel && kernel.status === 'idle';"""), "the notebook's kernel", deadline, every=0.3)
     page.script("window.jupyterapp.commands.execute('notebook:run-all-cells');")
     data = prepare_data("offline", vocab_size=DATA_VOCAB, limit=DATA_STORIES, verbose=False)   # the prelude's
 
