@@ -68,6 +68,8 @@ class ModelConfig:
     renormalize_top_k: bool = True  # Mixtral: the k routing weights are rescaled to sum to 1
     aux_loss_coef: float = 0.01     # Switch Transformer (Fedus et al. 2021), eq. 4
     z_loss_coef: float = 0.001      # ST-MoE (Zoph et al. 2022), eq. 5
+    balance_loss_scope: str = "batch"   # "batch" (Switch) or "sequence" (DeepSeek-V3, eqs. 17-20)
+    bias_update_rate: float = 0.0   # aux-loss-free balancing (Wang et al. 2024), gamma; 0 = off
     dropout: float = 0.0
 
     def __post_init__(self) -> None:
@@ -115,8 +117,12 @@ class ModelConfig:
             )
         _require(self.rope_theta > 0, f"rope_theta must be > 0, got {self.rope_theta}")
         _require(self.norm_eps > 0, f"norm_eps must be > 0, got {self.norm_eps}")
-        for name in ("aux_loss_coef", "z_loss_coef"):
+        for name in ("aux_loss_coef", "z_loss_coef", "bias_update_rate"):
             _require_non_negative(name, getattr(self, name))
+        _require(
+            self.balance_loss_scope in ("batch", "sequence"),
+            f"balance_loss_scope must be 'batch' or 'sequence', got {self.balance_loss_scope!r}",
+        )
         _require(0.0 <= self.dropout < 1.0, f"dropout must be in [0, 1), got {self.dropout}")
 
     # ------------------------------------------------------- derived sizes

@@ -81,6 +81,8 @@ def _upcycled_state(cfg: ModelConfig, old: dict, router_std: float, seed: int) -
         router = torch.randn(cfg.num_experts, cfg.d_model, generator=generator) * router_std
         reference = old[f"layers.{layer}.ffn.w1.weight"]
         state[f"layers.{layer}.ffn.router.weight"] = router.to(reference)
+        if cfg.bias_update_rate > 0:   # aux-loss-free balancing starts unbiased
+            state[f"layers.{layer}.ffn.expert_bias"] = torch.zeros(cfg.num_experts, device=reference.device)
     return state
 
 
@@ -139,6 +141,8 @@ def grow_width(model: GPT, factor: int, noise: float = 0.01, seed: int = 0, verb
     for name, tensor in old.items():
         if name == "tok_embeddings.weight":
             state[name] = tensor.repeat(1, factor)                       # (V, d*n): copies, not divided
+        elif name.endswith(".expert_bias"):                              # (E,): one per expert, unchanged
+            state[name] = tensor
         elif tensor.dim() == 1:                                          # RMSNorm gains
             state[name] = tensor.repeat(factor)
         elif name == "lm_head.weight":
@@ -200,7 +204,9 @@ def split_experts(model: GPT, factor: int) -> GPT:
     of e share e's logit and each gets probability p_e / factor; ``top_k``
     becomes ``top_k * factor`` so all slices of the chosen experts are picked;
     the down projections are multiplied by ``factor`` to undo the 1/factor.
-    Summing the slices gives back the whole expert: exact.
+    Summing the slices gives back the whole expert: exact.  An expert bias
+    (aux-loss-free balancing) is repeated and divided by ``factor`` as well, so
+    the slices' scores ``(p_e + b_e) / factor`` rank exactly as before.
     """
     _check_factor("factor", factor)
     if not model.cfg.is_moe:
@@ -211,6 +217,9 @@ def split_experts(model: GPT, factor: int) -> GPT:
     for name, tensor in old.items():
         if ".router." in name:
             state[name] = tensor.repeat_interleave(factor, dim=0)        # (E*factor, d)
+        elif name.endswith(".expert_bias"):
+            # slice scores are p_e / factor + b: dividing b by factor keeps every choice the same
+            state[name] = tensor.repeat_interleave(factor) / factor      # (E*factor,)
         elif ".ffn.experts." in name:
             prefix, rest = name.split(".ffn.experts.")
             expert, weight = rest.split(".", 1)                          # "3", "w1.weight"

@@ -112,6 +112,11 @@ def check_exportable(model: GPT) -> None:
             raise ValueError(
                 f"noisy_gating=True (MoE layer {layer}): Mixtral's router has no noise weights "
                 "(router.noise); the trained noise projection would be lost")
+        if moe.expert_bias is not None and bool(moe.expert_bias.ne(0).any()):
+            raise ValueError(
+                f"expert_bias (MoE layer {layer}, bias_update_rate={moe.bias_update_rate}): Mixtral "
+                "chooses experts by the probabilities alone; this layer's learned selection bias "
+                "would be lost and tokens would go to other experts")
         if moe.capacity_factor is not None:
             raise ValueError(
                 f"capacity_factor={moe.capacity_factor} (MoE layer {layer}): Mixtral never drops "

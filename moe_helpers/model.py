@@ -42,6 +42,7 @@ def build_ffn(cfg: ModelConfig, layer: int) -> nn.Module:
         renormalize=cfg.renormalize_top_k,
         num_shared_experts=cfg.num_shared_experts, shared_d_ff=cfg.shared_hidden,
         aux_loss_coef=cfg.aux_loss_coef, z_loss_coef=cfg.z_loss_coef,
+        balance_loss_scope=cfg.balance_loss_scope, bias_update_rate=cfg.bias_update_rate,
     )
 
 

@@ -10,8 +10,10 @@ router that sends each token to ``top_k`` of them (Shazeer et al. 2017):
 
 Every expert is the same SwiGLU ``FeedForward`` class the dense model uses, so
 the only new pieces are the router and the dispatch.  Two auxiliary losses
-keep the router healthy: the Switch load-balancing loss and the ST-MoE
-router z-loss.
+keep the router healthy: the Switch load-balancing loss (per batch, or per
+sequence as in DeepSeek-V3) and the ST-MoE router z-loss.  A third way needs
+no loss at all: a per-expert bias that only steers the choice of experts and
+is nudged after every training step (auxiliary-loss-free balancing).
 """
 
 from __future__ import annotations
@@ -36,7 +38,8 @@ def count_per_expert(expert_ids: torch.Tensor, num_experts: int) -> torch.Tensor
     return counts.scatter_add_(0, flat, torch.ones_like(flat))
 
 
-def load_balancing_loss(router_logits: torch.Tensor, top_k: int) -> torch.Tensor:
+def load_balancing_loss(router_logits: torch.Tensor, top_k: int,
+                        top_k_experts: torch.Tensor | None = None) -> torch.Tensor:
     """Switch Transformer load-balancing loss (Fedus et al. 2021, eqs. 4-6), top-k form:
 
         loss = E * sum_i f_i * P_i
@@ -49,14 +52,38 @@ def load_balancing_loss(router_logits: torch.Tensor, top_k: int) -> torch.Tensor
     probabilities are (.99, .01), (.49, .51), (.49, .51) give 0.896).  Since f has
     no gradient, training lowers P_i where f_i is large, which moves tokens away
     from busy experts: a differentiable proxy for balance.  ``router_logits``: (N, E).
+    ``top_k_experts`` (N, k): the experts really chosen, when something other than
+    the top-k probabilities chose them (a selection bias); by default the top-k.
     """
     num_tokens, num_experts = router_logits.shape
     probs = upcast(router_logits).softmax(dim=-1)                               # (N, E)
-    chosen = probs.topk(top_k, dim=-1).indices                                  # (N, k)
+    chosen = probs.topk(top_k, dim=-1).indices if top_k_experts is None else top_k_experts   # (N, k)
     slots_per_expert = count_per_expert(chosen, num_experts)                    # (E,)
     slot_fraction = slots_per_expert.to(probs.dtype) / (num_tokens * top_k)     # f, (E,)
     mean_prob = probs.mean(dim=0)                                               # P, (E,)
     return num_experts * (slot_fraction * mean_prob).sum()
+
+
+def sequence_balance_loss(router_logits: torch.Tensor, top_k: int,
+                          top_k_experts: torch.Tensor | None = None) -> torch.Tensor:
+    """DeepSeek-V3's complementary sequence-wise balance loss (DeepSeek-AI 2024, eqs. 17-20).
+
+    The Switch loss of *each sequence on its own*, averaged over the sequences:
+
+        loss = mean_b  E * sum_i f_{b,i} * P_{b,i}
+
+    with ``f_{b,i}`` and ``P_{b,i}`` counted over the T tokens of sequence b only.
+    A batch can be balanced while every sequence sends all its tokens to one
+    expert (batch loss 1, sequence loss E for top-1); this loss sees that, the
+    batch loss does not.  ``router_logits``: (B, T, E); ``top_k_experts``: (B, T, k)
+    or None for the top-k of the probabilities.
+    """
+    if router_logits.dim() != 3:
+        raise ValueError(f"sequence_balance_loss needs router logits (B, T, E), got shape {tuple(router_logits.shape)}")
+    chosen = [None] * router_logits.shape[0] if top_k_experts is None else list(top_k_experts)
+    per_sequence = [load_balancing_loss(logits, top_k, experts)                  # one () per sequence
+                    for logits, experts in zip(router_logits, chosen)]
+    return torch.stack(per_sequence).mean()
 
 
 def router_z_loss(router_logits: torch.Tensor) -> torch.Tensor:
@@ -126,15 +153,22 @@ class Router(nn.Linear):
             logits = logits + torch.randn_like(logits) * F.softplus(self.noise(x))
         return logits
 
-    def route(self, logits: torch.Tensor):
+    def route(self, logits: torch.Tensor, selection_bias: torch.Tensor | None = None):
         """Top-k experts and their weights from router logits (N, E).
 
         Returns ``(top_k_weights, top_k_experts)``, both (N, k), best expert
         first.  The softmax runs in float32 as in Mixtral; the weights come
-        back in the logits' dtype.
+        back in the logits' dtype.  ``selection_bias`` (E,), if given, is added
+        to the probabilities to *choose* the experts only; the weights are still
+        the unbiased probabilities of the chosen experts (auxiliary-loss-free
+        balancing, Wang et al. 2024; DeepSeek-V3 eq. 16).
         """
         probs = upcast(logits).softmax(dim=-1)                                  # (N, E)
-        top_k_weights, top_k_experts = probs.topk(self.top_k, dim=-1)           # (N, k), (N, k)
+        if selection_bias is None:
+            top_k_weights, top_k_experts = probs.topk(self.top_k, dim=-1)       # (N, k), (N, k)
+        else:
+            top_k_experts = (probs + selection_bias).topk(self.top_k, dim=-1).indices   # (N, k)
+            top_k_weights = probs.gather(-1, top_k_experts)                     # (N, k) unbiased
         if self.renormalize:
             top_k_weights = top_k_weights / top_k_weights.sum(dim=-1, keepdim=True)
         return top_k_weights.to(logits.dtype), top_k_experts
@@ -151,13 +185,24 @@ class MoELayer(nn.Module):
     dropped and contribute zero; the residual connection carries the token on;
     first choices fill each expert's buffer before second choices, as in GShard),
     noisy top-k gating and weights without renormalisation (Switch, DeepSeekMoE).
+
+    Balancing: ``balance_loss_scope="batch"`` (Switch: f and P over all tokens of
+    the batch) or ``"sequence"`` (DeepSeek-V3: per sequence, averaged), weighted
+    by ``aux_loss_coef``; and, without any loss, ``bias_update_rate`` > 0 turns on
+    auxiliary-loss-free balancing (Wang et al. 2024; DeepSeek-V3 sec. 2.1.2): an
+    ``expert_bias`` buffer (E,) is added to the probabilities for choosing experts
+    only, and ``update_expert_bias`` moves it by ``bias_update_rate`` towards
+    balance after each training step.  With the rate 0 there is no buffer at all.
     """
+
+    BALANCE_LOSS_SCOPES = ("batch", "sequence")
 
     def __init__(self, d_model: int, d_ff: int, num_experts: int, top_k: int = 2, *,
                  renormalize: bool = True, noisy_gating: bool = False,
                  capacity_factor: float | None = None,
                  num_shared_experts: int = 0, shared_d_ff: int | None = None,
-                 aux_loss_coef: float = 0.01, z_loss_coef: float = 0.001):
+                 aux_loss_coef: float = 0.01, z_loss_coef: float = 0.001,
+                 balance_loss_scope: str = "batch", bias_update_rate: float = 0.0):
         super().__init__()
         if not (isinstance(num_experts, int) and num_experts >= 1):
             raise ValueError(f"num_experts must be an integer >= 1, got {num_experts!r}")
@@ -165,18 +210,54 @@ class MoELayer(nn.Module):
             raise ValueError(f"top_k must be in 1..num_experts (1..{num_experts}), got {top_k!r}")
         if capacity_factor is not None and not capacity_factor > 0:
             raise ValueError(f"capacity_factor must be > 0 (or None for no limit), got {capacity_factor!r}")
+        if balance_loss_scope not in self.BALANCE_LOSS_SCOPES:
+            raise ValueError(f"balance_loss_scope must be one of {self.BALANCE_LOSS_SCOPES}, "
+                             f"got {balance_loss_scope!r}")
+        if not bias_update_rate >= 0:
+            raise ValueError(f"bias_update_rate must be a number >= 0 (0 = off), got {bias_update_rate!r}")
         self.num_experts, self.top_k = num_experts, top_k
         self.capacity_factor = capacity_factor
         self.aux_loss_coef, self.z_loss_coef = aux_loss_coef, z_loss_coef
+        self.balance_loss_scope, self.bias_update_rate = balance_loss_scope, bias_update_rate
         self.router = Router(d_model, num_experts, top_k, renormalize, noisy_gating)
         self.experts = nn.ModuleList(FeedForward(d_model, d_ff) for _ in range(num_experts))
         self.shared_experts = nn.ModuleList(
             FeedForward(d_model, shared_d_ff or d_ff) for _ in range(num_shared_experts)
         )
+        # a buffer, not a parameter: no gradient and no optimiser, it moves only in update_expert_bias
+        self.register_buffer("expert_bias", torch.zeros(num_experts) if bias_update_rate > 0 else None)
 
     @property
     def renormalize(self) -> bool:
         return self.router.renormalize
+
+    @torch.no_grad()
+    def update_expert_bias(self, tokens_per_expert: torch.Tensor) -> None:
+        """One step of auxiliary-loss-free balancing (Wang et al. 2024, Algorithm 1):
+
+            b_i <- b_i + rate * sign(mean_j c_j - c_i)
+
+        where ``tokens_per_expert`` (E,) holds the slot counts c_i of the last
+        training step: overloaded experts become a little less likely to be
+        chosen, underloaded ones a little more.  Does nothing when the rate is 0.
+        """
+        if self.expert_bias is None:
+            return
+        load = tokens_per_expert.to(self.expert_bias.device, torch.float32)     # (E,)
+        self.expert_bias += (self.bias_update_rate * torch.sign(load.mean() - load)).to(self.expert_bias.dtype)
+
+    def balance_loss(self, router_logits: torch.Tensor, top_k_experts: torch.Tensor,
+                     shape: torch.Size) -> torch.Tensor:
+        """The unweighted balance loss of one pass, in this layer's scope.
+
+        ``router_logits`` (N, E) and ``top_k_experts`` (N, k) for the N tokens of an
+        input of ``shape`` (..., d_model); ``"sequence"`` treats the last dimension
+        before d_model as the sequence (one sequence for a 2-D input)."""
+        if self.balance_loss_scope == "batch":
+            return load_balancing_loss(router_logits, self.top_k, top_k_experts)
+        sequence_length = shape[-2] if len(shape) >= 3 else router_logits.shape[0]
+        return sequence_balance_loss(router_logits.reshape(-1, sequence_length, self.num_experts), self.top_k,
+                                     top_k_experts.reshape(-1, sequence_length, self.top_k))
 
     def capacity(self, num_tokens: int) -> int | None:
         """Token slots each expert may take, or None when there is no limit."""
@@ -189,18 +270,19 @@ class MoELayer(nn.Module):
 
         With ``return_routing`` also a ``RoutingStats``: this pass's weighted
         auxiliary loss ``aux_loss_coef * balance + z_loss_coef * z`` and what
-        was routed where.  The layer itself keeps no state between calls."""
+        was routed where.  The forward pass changes nothing on the layer (the
+        expert bias moves only in ``update_expert_bias``)."""
         shape = x.shape
         tokens = x.reshape(-1, shape[-1])                                       # (N, d)
         router_logits = self.router.logits(tokens)                              # (N, E)
-        top_k_weights, top_k_experts = self.router.route(router_logits)         # (N, k), (N, k)
+        top_k_weights, top_k_experts = self.router.route(router_logits, self.expert_bias)   # (N, k), (N, k)
         output, kept = self._dispatch(tokens, top_k_weights, top_k_experts)     # (N, d), (N*k,)
         for shared in self.shared_experts:
             output = output + shared(tokens)
         output = output.reshape(shape)
         if not return_routing:
             return output
-        aux_loss = (self.aux_loss_coef * load_balancing_loss(router_logits, self.top_k)
+        aux_loss = (self.aux_loss_coef * self.balance_loss(router_logits, top_k_experts, shape)
                     + self.z_loss_coef * router_z_loss(router_logits))
         return output, _routing_stats(aux_loss, router_logits, top_k_experts, kept)
 

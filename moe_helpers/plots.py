@@ -180,6 +180,34 @@ def plot_utilisation_over_training(history: History, layer: int = 0, ax=None, ti
     return ax
 
 
+def busiest_expert_share(record: dict) -> float:
+    """The busiest expert's share of token slots at one log step, averaged over the MoE layers."""
+    loads = record.get("expert_load") or []
+    if not loads:
+        raise ValueError("this log record has no routing statistics (a dense model?)")
+    return float(np.mean([max(load) for load in loads]))
+
+
+def plot_busiest_share(histories: dict, ax=None, title: str = "How busy is the busiest expert?"):
+    """One line per run: the busiest expert's share of token slots (mean over MoE layers) at
+    every log step, with the uniform share 1/E dashed.  ``histories``: label -> ``History``."""
+    ax = _axes(ax, figsize=(9, 4))
+    num_experts = None
+    for label, history in histories.items():
+        records = [r for r in history.records if r.get("expert_load")]
+        ax.plot([r["global_step"] for r in records], [100 * busiest_expert_share(r) for r in records],
+                lw=1.8, label=label)
+        num_experts = len(records[0]["expert_load"][0])
+    ax.axhline(100 / num_experts, color="black", ls="--", lw=1.2, label=f"uniform 1/E = 1/{num_experts}")
+    ax.set_xlabel("optimiser step")
+    ax.set_ylabel("busiest expert's share (%)")
+    ax.set_ylim(0, 100)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=9)
+    return ax
+
+
 # ------------------------------------------------------- routing of real text
 def expert_colors(num_experts: int) -> list:
     """One distinct colour per expert (tab10/tab20, a continuous map beyond 20)."""

@@ -216,6 +216,10 @@ def train_phase(model: nn.Module, data: TokenData, config: TrainConfig, phase: i
     ``on_log(record, model)``, if given, is called after every log record: a
     hook for notebooks that want to look inside the model while it trains.
 
+    After each optimiser step every MoE layer gets the step's slot counts
+    (``MoELayer.update_expert_bias``): layers with ``bias_update_rate`` > 0
+    move their expert bias (auxiliary-loss-free balancing), the others ignore it.
+
     Host reads happen at log steps and once per optimiser step (the finite-loss
     check, so that a NaN stops the run before it reaches the weights).
     """
@@ -239,7 +243,8 @@ def train_phase(model: nn.Module, data: TokenData, config: TrainConfig, phase: i
         first_step, seconds_before = resume["step"] + 1, resume["seconds"]
         window = LogWindow(device, resume["window"])
         phase_start_step, phase_start_tokens = resume["phase_start_step"], resume["phase_start_tokens"]
-    is_moe = bool(getattr(model, "moe_layers", []))
+    moe_layers = list(getattr(model, "moe_layers", []))   # the layers behind out.routing, in order
+    is_moe = bool(moe_layers)
     started = time.perf_counter()
     elapsed = lambda: seconds_before + time.perf_counter() - started  # noqa: E731
 
@@ -261,6 +266,7 @@ def train_phase(model: nn.Module, data: TokenData, config: TrainConfig, phase: i
                     group["lr"] = lr_at(step - 1, lr, steps, config.warmup_steps, config.min_lr_ratio)
                 optimizer.zero_grad(set_to_none=True)
                 step_objective = torch.zeros((), device=device)
+                step_loads = [0] * len(moe_layers)   # slots per expert, per MoE layer, this step
                 for _ in range(config.grad_accum):      # micro-batches: their gradients add up
                     out = forward(*data.batch("train", config.micro_batch_size, config.seq_len, device,
                                               batch_generator))
@@ -268,11 +274,14 @@ def train_phase(model: nn.Module, data: TokenData, config: TrainConfig, phase: i
                     objective.backward()
                     step_objective += objective.detach()
                     window.add(out)
+                    step_loads = [load + stats.tokens_per_expert for load, stats in zip(step_loads, out.routing)]
                 if not torch.isfinite(step_objective):
                     raise FloatingPointError(f"loss is {step_objective.item()} at step {step} of phase {phase}")
                 if config.grad_clip > 0:
                     nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
                 optimizer.step()
+                for layer, load in zip(moe_layers, step_loads):   # aux-loss-free balancing
+                    layer.update_expert_bias(load)
             is_eval = step % config.eval_every == 0 or step == steps
             if step % config.log_every == 0 or step == steps or is_eval:
                 if window.batches == 0:   # step 0: the untrained model on one (global) training batch

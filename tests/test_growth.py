@@ -50,7 +50,7 @@ OPERATIONS = {
     "upcycle 4 top-2": (lambda m: upcycle(m, 4, 2), "dense", lambda c: c.upcycled(4, 2)),
 }
 
-BASES = ("dense", "dense gqa tied", "moe", "moe gqa tied", "moe shared+dense-first switch")
+BASES = ("dense", "dense gqa tied", "moe", "moe gqa tied", "moe shared+dense-first switch", "moe aux-free bias")
 
 
 def _train(model: GPT, data, steps: int, lr: float) -> GPT:
@@ -69,7 +69,9 @@ def trained(tiny, tiny_preset):
     * moe: the trained dense model upcycled (4 experts, top-2) and trained on;
     * moe gqa tied: an MoE with grouped-query attention and a tied embedding;
     * moe shared+dense-first switch: a shared expert, a leading dense block with
-      its own width, top-1 routing without renormalisation (Switch style).
+      its own width, top-1 routing without renormalisation (Switch style);
+    * moe aux-free bias: an MoE whose expert bias (aux-loss-free balancing) has
+      moved away from zero while it trained, so growth must carry it over.
     """
     base = tiny_preset.model
     torch.manual_seed(0)
@@ -82,6 +84,8 @@ def trained(tiny, tiny_preset):
     models["moe shared+dense-first switch"] = _train(GPT(base.replace(
         n_layers=3, num_experts=4, top_k=1, renormalize_top_k=False, num_shared_experts=1, shared_d_ff=32,
         first_k_dense=1, dense_d_ff=96)), tiny, 30, 3e-3)
+    models["moe aux-free bias"] = _train(GPT(base.replace(num_experts=4, top_k=2, bias_update_rate=0.01)),
+                                         tiny, 30, 3e-3)
     for model in models.values():
         model.eval()
     return models
@@ -323,3 +327,17 @@ def test_bad_arguments_raise_value_error(trained, case):
     bad_call, message = BAD_CALLS[case]
     with pytest.raises(ValueError, match=message):
         bad_call(trained)
+
+
+def test_the_aux_free_base_has_a_learned_expert_bias(trained):
+    """Otherwise the growth grid would not test that the bias is carried over."""
+    biases = [layer.expert_bias for layer in trained["moe aux-free bias"].moe_layers]
+    assert all(bias.abs().max() >= 0.02 for bias in biases), biases
+
+
+def test_upcycling_a_config_with_aux_free_balancing_starts_with_a_zero_bias(trained):
+    dense = trained["dense"]
+    source = GPT(dense.cfg.replace(bias_update_rate=0.01))
+    source.load_state_dict(dense.state_dict())
+    moe = upcycle(source, 4, 2)
+    assert all(layer.expert_bias.eq(0).all() and layer.bias_update_rate == 0.01 for layer in moe.moe_layers)

@@ -145,7 +145,21 @@ REFUSED = {
     "renormalize_top_k": lambda: GPT(TINY.replace(num_experts=4, renormalize_top_k=False)),
     "noisy_gating": lambda: _with_moe_option(GPT(TINY.replace(num_experts=4)), noisy_gating=True),
     "capacity_factor": lambda: _with_moe_option(GPT(TINY.replace(num_experts=4)), capacity_factor=1.25),
+    "expert_bias": lambda: _with_learned_bias(GPT(TINY.replace(num_experts=4, bias_update_rate=0.01))),
 }
+
+
+def _with_learned_bias(model: GPT) -> GPT:
+    """An aux-loss-free model after one bias update (expert 0 was overloaded)."""
+    for layer in model.moe_layers:
+        layer.update_expert_bias(torch.tensor([10, 0, 0, 0]))
+    return model
+
+
+def test_an_aux_free_model_whose_bias_is_still_zero_exports_exactly():
+    model = GPT(TINY.replace(num_experts=4, bias_update_rate=0.01)).eval()
+    with torch.no_grad():
+        assert (model(_tokens()).logits - to_hf(model)(_tokens()).logits).abs().max().item() <= LOGIT_TOLERANCE
 
 
 @pytest.mark.parametrize("field", list(REFUSED))

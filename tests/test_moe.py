@@ -20,7 +20,9 @@ import torch.nn as nn
 from moe_helpers.config import ModelConfig, TrainConfig
 from moe_helpers.layers import FeedForward
 from moe_helpers.model import GPT
-from moe_helpers.moe import MoELayer, count_per_expert, load_balancing_loss, router_z_loss
+from moe_helpers.train import train_phase
+from moe_helpers.moe import (MoELayer, count_per_expert, load_balancing_loss, router_z_loss,
+                             sequence_balance_loss)
 
 
 # ----------------------------------------------------------------- references
@@ -454,3 +456,126 @@ def test_aux_loss_keeps_experts_balanced_in_a_short_training_run(monkeypatch, tm
           f"with aux loss {balanced:.3f} (uniform {1 / num_experts:.3f})")
     assert balanced < collapsed - 0.2
     assert balanced < 2.5 / num_experts
+
+
+# ------------------------------------------------- auxiliary-loss-free balancing
+def _biased_layer(top_k: int, renormalize: bool, seed: int = 0) -> tuple[MoELayer, torch.Tensor]:
+    torch.manual_seed(seed)
+    layer = MoELayer(8, 16, 4, top_k, renormalize=renormalize, bias_update_rate=0.01).double()
+    tokens = torch.randn(32, 8, dtype=torch.float64)
+    return layer, tokens
+
+
+@pytest.mark.parametrize("top_k, renormalize", [(1, False), (2, True), (2, False)])
+def test_a_huge_bias_chooses_the_expert_but_the_weights_stay_unbiased(top_k, renormalize):
+    """DeepSeek-V3 eq. 16: the bias enters top-k selection only, the gate uses the raw probabilities."""
+    layer, tokens = _biased_layer(top_k, renormalize)
+    layer.expert_bias[3] = 100.0
+    probs = layer.router.logits(tokens).softmax(-1)                            # (N, E) unbiased
+    weights, experts = layer.router.route(layer.router.logits(tokens), layer.expert_bias)
+    assert experts[:, 0].eq(3).all(), "a huge bias must send every token to expert 3 first"
+    expected = probs.gather(-1, experts)
+    if renormalize:
+        expected = expected / expected.sum(-1, keepdim=True)
+    torch.testing.assert_close(weights, expected, rtol=0, atol=1e-12)
+    assert weights[:, 0].lt(0.99).any(), "the weights are probabilities, not the biased scores"
+    # and the layer's output is built from exactly those choices and weights
+    output, stats = layer(tokens, return_routing=True)
+    assert stats.tokens_per_expert[3] == tokens.shape[0]
+    reference = sum(weights[:, slot, None] * torch.stack([layer.experts[e](t) for e, t in zip(experts[:, slot], tokens)])
+                    for slot in range(top_k))
+    torch.testing.assert_close(output, reference, rtol=0, atol=1e-12)
+
+
+def test_a_zero_bias_changes_nothing():
+    layer, tokens = _biased_layer(2, True)
+    plain = MoELayer(8, 16, 4, 2).double()
+    plain.load_state_dict({k: v for k, v in layer.state_dict().items() if k != "expert_bias"})
+    torch.testing.assert_close(layer(tokens), plain(tokens), rtol=0, atol=0)
+
+
+def test_the_bias_update_is_gamma_times_the_sign_of_the_load_gap():
+    layer, _ = _biased_layer(1, False)
+    layer.update_expert_bias(torch.tensor([10, 2, 4, 0]))                       # mean 4
+    torch.testing.assert_close(layer.expert_bias, torch.tensor([-0.01, 0.01, 0.0, 0.01], dtype=torch.float64))
+    assert not layer.expert_bias.requires_grad and "expert_bias" not in dict(layer.named_parameters())
+
+
+def test_without_a_rate_there_is_no_bias_buffer_and_the_state_dict_is_unchanged():
+    layer = MoELayer(8, 16, 4, 2)
+    assert layer.expert_bias is None and "expert_bias" not in layer.state_dict()
+    layer.update_expert_bias(torch.tensor([10, 2, 4, 0]))                       # a no-op
+    assert "expert_bias" in MoELayer(8, 16, 4, 2, bias_update_rate=1e-3).state_dict()
+
+
+def test_bias_updates_alone_balance_a_collapsed_router():
+    """A frozen router that sends every token to expert 0; 300 bias steps spread the load."""
+    torch.manual_seed(0)
+    layer = MoELayer(8, 16, 4, 1, renormalize=False, bias_update_rate=0.01)
+    with torch.no_grad():
+        layer.router.weight.zero_()
+        layer.router.weight[0] = 0.5                                            # expert 0 wins for x > 0
+    tokens = torch.randn(256, 8).abs() + 0.1                                    # every token prefers expert 0
+    _, before = layer(tokens, return_routing=True)
+    for _ in range(300):
+        _, stats = layer(tokens, return_routing=True)
+        layer.update_expert_bias(stats.tokens_per_expert)
+    _, after = layer(tokens, return_routing=True)
+    assert before.load_share.max() == 1.0
+    assert after.load_share.max() < 0.40, after.load_share      # uniform would be 0.25
+
+
+def test_train_phase_moves_the_bias_by_multiples_of_the_rate(tiny, tiny_preset):
+    rate = 0.01
+    torch.manual_seed(0)
+    model = GPT(tiny_preset.model.replace(num_experts=4, top_k=2, bias_update_rate=rate))
+    settings = TrainConfig(steps_phase1=5, lr_phase1=1e-3, batch_size=4, seq_len=16, warmup_steps=1,
+                           log_every=5, eval_every=5, eval_batches=1, device="cpu", grad_accum=2)
+    train_phase(model, tiny, settings, progress=False, verbose=False)
+    for layer in model.moe_layers:
+        steps_taken = layer.expert_bias / rate                                  # each step adds -1, 0 or +1
+        torch.testing.assert_close(steps_taken, steps_taken.round(), rtol=0, atol=1e-4)
+        assert steps_taken.abs().max() <= 5 and steps_taken.abs().max() >= 1
+        assert abs(layer.expert_bias.sum()) <= 5 * rate * 4
+
+
+def test_bias_update_rate_is_validated():
+    with pytest.raises(ValueError, match="bias_update_rate"):
+        MoELayer(8, 16, 4, 2, bias_update_rate=-0.1)
+    with pytest.raises(ValueError, match="bias_update_rate"):
+        ModelConfig(vocab_size=32, d_model=8, n_layers=1, n_heads=2, d_ff=16, num_experts=4, bias_update_rate=-1)
+    with pytest.raises(ValueError, match="balance_loss_scope"):
+        MoELayer(8, 16, 4, 2, balance_loss_scope="token")
+    with pytest.raises(ValueError, match="balance_loss_scope"):
+        ModelConfig(vocab_size=32, d_model=8, n_layers=1, n_heads=2, d_ff=16, num_experts=4,
+                    balance_loss_scope="global")
+
+
+# ---------------------------------------------- sequence-wise balance loss (DeepSeek-V3)
+def test_sequence_loss_sees_what_the_batch_loss_cannot():
+    """Four sequences, each sending all its tokens to its own expert: the batch is balanced
+    (batch loss 1) while every sequence is collapsed (sequence loss E = 4)."""
+    experts = torch.arange(4).repeat_interleave(16).reshape(4, 16)             # (B, T): sequence b -> expert b
+    logits = 30.0 * nn.functional.one_hot(experts, 4).double()                 # (B, T, E), confident
+    batch = load_balancing_loss(logits.reshape(-1, 4), top_k=1)
+    sequence = sequence_balance_loss(logits, top_k=1)
+    assert abs(batch.item() - 1.0) < 1e-9 and abs(sequence.item() - 4.0) < 1e-9
+
+
+def test_sequence_loss_is_the_mean_of_per_sequence_switch_losses():
+    logits = torch.randn(3, 10, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    per_sequence = torch.stack([load_balancing_loss(row, 2) for row in logits]).mean()
+    torch.testing.assert_close(sequence_balance_loss(logits, 2), per_sequence, rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match=r"\(B, T, E\)"):
+        sequence_balance_loss(logits.reshape(-1, 5), 2)
+
+
+def test_the_layer_uses_the_sequence_scope_when_asked():
+    torch.manual_seed(0)
+    layer = MoELayer(8, 16, 4, 2, balance_loss_scope="sequence", aux_loss_coef=1.0, z_loss_coef=0.0).double()
+    x = torch.randn(3, 10, 8, dtype=torch.float64)                              # (B, T, d_model)
+    _, stats = layer(x, return_routing=True)
+    logits = layer.router.logits(x.reshape(-1, 8)).reshape(3, 10, 4)
+    torch.testing.assert_close(stats.aux_loss, sequence_balance_loss(logits, 2), rtol=0, atol=1e-12)
+    stats.aux_loss.backward()
+    assert layer.router.weight.grad.abs().max() > 0

@@ -14,8 +14,8 @@ from matplotlib.colors import to_rgba
 import moe_helpers.routing_explorer as routing_explorer_module
 from moe_helpers.config import ModelConfig, TrainConfig
 from moe_helpers.model import GPT
-from moe_helpers.plots import (expert_colors, plot_expert_utilisation, plot_utilisation_over_training,
-                               show_token_routing)
+from moe_helpers.plots import (busiest_expert_share, expert_colors, plot_busiest_share, plot_expert_utilisation,
+                               plot_utilisation_over_training, show_token_routing)
 from moe_helpers.routing_explorer import (EXPLORER_LOAD_WINDOW, ExplorerSettings, RoutingSummary, explorer_png,
                                           load_steps, routing_explorer, routing_summary, routing_table_html,
                                           trained_explorer_model)
@@ -169,6 +169,22 @@ def test_utilisation_over_training_draws_one_line_per_expert_across_phases():
     np.testing.assert_allclose(layer_1[3].get_ydata(), [40, 40])
     with pytest.raises(ValueError):
         plot_utilisation_over_training(history, layer=2)
+
+
+def test_busiest_share_is_the_layer_mean_of_each_layers_largest_share():
+    runs = {
+        "a": History([_record(1, 0, 0, [[0.25, 0.25, 0.25, 0.25], [0.1, 0.2, 0.3, 0.4]]),
+                      _record(1, 10, 10, [[0.7, 0.1, 0.1, 0.1], [0.9, 0.1, 0.0, 0.0]])]),
+        "b": History([_record(1, 0, 0, [[0.5, 0.5, 0.0, 0.0]]), _record(1, 10, 10, [[0.25] * 4])]),
+    }
+    assert busiest_expert_share(runs["a"].records[1]) == pytest.approx(0.8)
+    ax = plot_busiest_share(runs)
+    lines = {line.get_label(): line for line in ax.lines}
+    np.testing.assert_allclose(lines["a"].get_ydata(), [32.5, 80.0])
+    np.testing.assert_allclose(lines["b"].get_ydata(), [50.0, 25.0])
+    np.testing.assert_allclose(lines["uniform 1/E = 1/4"].get_ydata(), [25.0, 25.0])
+    with pytest.raises(ValueError, match="routing"):
+        busiest_expert_share(_record(1, 0, 0, []))
 
 
 def test_utilisation_over_training_reads_a_real_history(tiny_moe):
