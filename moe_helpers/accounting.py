@@ -208,6 +208,18 @@ class TrainingMemory:
                 f"+ {self.activations / 2**30:.1f} activations")
 
 
+def kv_cache_bytes(cfg: ModelConfig, batch_size: int, seq_len: int, dtype=torch.float32) -> int:
+    """Bytes of the key/value cache after ``seq_len`` tokens of ``batch_size`` sequences:
+
+        2 (keys and values) x n_layers x batch x n_kv_heads x head_dim x min(seq_len, max_seq_len) x bytes
+
+    Grouped-query attention shrinks it by n_heads / n_kv_heads (Ainslie et al. 2023);
+    past ``max_seq_len`` the course's cache slides, so it stops growing."""
+    positions = min(seq_len, cfg.max_seq_len)
+    bytes_per_value = torch.empty((), dtype=dtype).element_size()
+    return 2 * cfg.n_layers * batch_size * cfg.kv_heads * cfg.head_size * positions * bytes_per_value
+
+
 def activation_values_per_token(cfg: ModelConfig) -> int:
     """Values autograd keeps per token for the backward pass (no recomputation).
 

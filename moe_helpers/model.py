@@ -19,7 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import ModelConfig
-from .layers import Attention, FeedForward, RMSNorm, upcast
+from .layers import Attention, FeedForward, KVCache, LayerKVCache, RMSNorm, upcast
 from .moe import MoELayer, RoutingStats
 
 
@@ -62,10 +62,13 @@ class Block(nn.Module):
     def is_moe(self) -> bool:
         return isinstance(self.ffn, MoELayer)
 
-    def forward(self, x: torch.Tensor):
-        """(B, T, d_model) -> (B, T, d_model), and the MoE layer's ``RoutingStats`` (None when dense)."""
-        x = x + self.dropout(self.attention(self.attention_norm(x)))
-        if self.is_moe:
+    def forward(self, x: torch.Tensor, cache: LayerKVCache | None = None, with_routing: bool = True):
+        """(B, T, d_model) -> (B, T, d_model), and the MoE layer's ``RoutingStats`` (None when
+        dense or when ``with_routing`` is False).
+
+        With a ``cache``, ``x`` holds only the new tokens (see ``Attention``)."""
+        x = x + self.dropout(self.attention(self.attention_norm(x), cache))
+        if self.is_moe and with_routing:
             ffn_out, routing = self.ffn(self.ffn_norm(x), return_routing=True)
         else:
             ffn_out, routing = self.ffn(self.ffn_norm(x)), None
@@ -98,15 +101,27 @@ class GPT(nn.Module):
     def moe_layers(self) -> list[MoELayer]:
         return [block.ffn for block in self.layers if block.is_moe]
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None) -> ModelOutput:
-        """``idx``: token ids (B, T); ``targets``: the next tokens (B, T) or None."""
+    def new_kv_cache(self) -> KVCache:
+        """An empty key/value cache for ``forward(idx, cache=...)``: one per layer, each keeping at
+        most ``max_seq_len`` positions (a sliding window past it)."""
+        return KVCache(self.cfg.n_layers, self.cfg.max_seq_len)
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
+                cache: KVCache | None = None, with_routing: bool = True) -> ModelOutput:
+        """``idx``: token ids (B, T); ``targets``: the next tokens (B, T) or None.
+
+        With a ``cache`` (``new_kv_cache()``), ``idx`` holds only the tokens that
+        follow what the cache has seen; their keys and values are added to it.
+        ``with_routing=False`` skips the MoE layers' statistics and aux losses
+        (generation needs neither): ``aux_loss`` is then 0 and ``routing`` empty."""
         _, T = idx.shape
         if T > self.cfg.max_seq_len:
             raise ValueError(f"sequence length {T} exceeds max_seq_len {self.cfg.max_seq_len}")
         x = self.tok_embeddings(idx)                                  # (B, T, d_model)
         aux_loss, routing = x.new_zeros(()), []
-        for block in self.layers:
-            x, block_routing = block(x)                               # (B, T, d_model)
+        layer_caches = [None] * len(self.layers) if cache is None else cache.layers
+        for block, layer_cache in zip(self.layers, layer_caches):
+            x, block_routing = block(x, layer_cache, with_routing)    # (B, T, d_model)
             if block_routing is not None:
                 aux_loss = aux_loss + block_routing.aux_loss
                 routing.append(block_routing)
@@ -118,13 +133,24 @@ class GPT(nn.Module):
 
     @torch.no_grad()
     def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
-                 top_k: int | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+                 top_k: int | None = None, generator: torch.Generator | None = None,
+                 use_cache: bool = True) -> torch.Tensor:
         """Append ``max_new_tokens`` sampled tokens to ``idx`` (B, T).
 
         ``temperature=0`` picks the most likely token (greedy); ``top_k`` keeps
         only the k most likely tokens before sampling.  A ``generator`` for
         reproducible sampling must live on the model's device
         (``torch.Generator(device=...)``).
+
+        ``use_cache=True`` keeps every layer's keys and values (``new_kv_cache``),
+        so each step runs the model on one new token; ``False`` re-encodes the
+        whole context every step.  Both give the same tokens while the sequence
+        fits in ``max_seq_len``.  Past it they differ on purpose: without the
+        cache the context is cropped to the last ``max_seq_len`` tokens and
+        re-encoded from scratch, so the oldest kept token suddenly has no left
+        context; the cache slides instead -- it drops the oldest position and
+        keeps the others' keys and values as they were computed, when their
+        tokens could still see further back.
         """
         if max_new_tokens < 0:
             raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
@@ -132,9 +158,14 @@ class GPT(nn.Module):
             raise ValueError(f"temperature must be >= 0, got {temperature}")
         was_training = self.training
         self.eval()
+        cache = self.new_kv_cache() if use_cache else None
+        pending = idx[:, -self.cfg.max_seq_len:]                      # what the model has not read yet
         for _ in range(max_new_tokens):
-            context = idx[:, -self.cfg.max_seq_len:]                  # (B, <= max_seq_len)
-            logits = self(context).logits[:, -1, :].float()           # (B, vocab_size)
+            if cache is None:
+                context = idx[:, -self.cfg.max_seq_len:]              # (B, <= max_seq_len)
+                logits = self(context, with_routing=False).logits[:, -1, :].float()   # (B, vocab_size)
+            else:
+                logits = self(pending, cache=cache, with_routing=False).logits[:, -1, :].float()
             if temperature == 0:
                 next_token = logits.argmax(dim=-1, keepdim=True)      # (B, 1)
             else:
@@ -144,5 +175,6 @@ class GPT(nn.Module):
                     logits = logits.masked_fill(logits < kth_best, float("-inf"))
                 next_token = torch.multinomial(logits.softmax(-1), 1, generator=generator)
             idx = torch.cat([idx, next_token], dim=1)
+            pending = next_token                                      # (B, 1)
         self.train(was_training)
         return idx

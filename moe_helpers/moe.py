@@ -317,8 +317,11 @@ class MoELayer(nn.Module):
 
         slot_token = order // self.top_k                                        # (S,) token of each slot
         expert_inputs = tokens[slot_token].split(slots_per_expert)              # E chunks of (S_e, d)
+        # An expert with no slots is still called while training, so that every expert has a
+        # gradient (zeros) and the optimiser treats all of them alike; in inference it is skipped.
         expert_outputs = torch.cat([
             expert(chunk) for expert, chunk in zip(self.experts, expert_inputs)
+            if chunk.shape[0] > 0 or torch.is_grad_enabled()
         ])                                                                      # (S, d)
         expert_outputs = expert_outputs * slot_weight[order, None]
         # in the experts' dtype: under bf16 autocast they compute in bf16 while the tokens are float32

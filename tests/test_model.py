@@ -155,10 +155,10 @@ def test_sampling_is_reproducible_with_a_seeded_generator(tiny_dense_config):
     assert not torch.equal(sample(0), sample(1))
 
 
-def test_generate_crops_the_context_to_max_seq_len(tiny_dense_config):
+def test_generate_without_cache_crops_the_context_to_max_seq_len(tiny_dense_config):
     model = build(tiny_dense_config)
     prompt = torch.arange(tiny_dense_config.max_seq_len).remainder(64)[None]   # (1, 16): full context
-    out = model.generate(prompt, max_new_tokens=4, temperature=0)
+    out = model.generate(prompt, max_new_tokens=4, temperature=0, use_cache=False)
     assert out.shape == (1, tiny_dense_config.max_seq_len + 4)
     last_window = out[:, -1 - tiny_dense_config.max_seq_len:-1]
     assert out[0, -1] == model(last_window).logits[0, -1].argmax()
@@ -195,8 +195,9 @@ def reference_rope(x, theta):
     return out
 
 
-def reference_attention(x, layer, cfg):
-    """Causal grouped-query attention with an explicit mask and softmax."""
+def reference_attention(x, layer, cfg, window: int | None = None):
+    """Causal grouped-query attention with an explicit mask and softmax; with ``window``,
+    each query sees only the ``window`` latest positions (itself included)."""
     B, T, _ = x.shape
     hd, H, Hkv = cfg.head_size, cfg.n_heads, cfg.kv_heads
     q = (x @ layer.wq.weight.T).view(B, T, H, hd).transpose(1, 2)
@@ -207,8 +208,10 @@ def reference_attention(x, layer, cfg):
     for h in range(H):
         kv = h // (H // Hkv)                                  # the key/value head of query head h
         scores = q[:, h] @ k[:, kv].transpose(-1, -2) / math.sqrt(hd)
-        future = torch.triu(torch.ones(T, T, dtype=torch.bool), diagonal=1)
-        weights = scores.masked_fill(future, float("-inf")).softmax(dim=-1)
+        hidden = torch.triu(torch.ones(T, T, dtype=torch.bool), diagonal=1)          # the future
+        if window is not None:
+            hidden |= torch.tril(torch.ones(T, T, dtype=torch.bool), diagonal=-window)  # too far back
+        weights = scores.masked_fill(hidden, float("-inf")).softmax(dim=-1)
         heads.append(weights @ v[:, kv])
     return torch.cat(heads, dim=-1) @ layer.wo.weight.T
 
@@ -232,12 +235,12 @@ def reference_moe(x, moe, top_k):
     return out.view_as(x)
 
 
-def reference_forward(model, idx):
+def reference_forward(model, idx, window: int | None = None):
     cfg = model.cfg
     x = model.tok_embeddings.weight[idx]
     for block in model.layers:
         x = x + reference_attention(reference_rms_norm(x, block.attention_norm.weight, cfg.norm_eps),
-                                    block.attention, cfg)
+                                    block.attention, cfg, window)
         normed = reference_rms_norm(x, block.ffn_norm.weight, cfg.norm_eps)
         x = x + (reference_moe(normed, block.ffn, cfg.top_k) if block.is_moe else reference_swiglu(normed, block.ffn))
     return reference_rms_norm(x, model.norm.weight, cfg.norm_eps) @ model.lm_head.weight.T
@@ -259,3 +262,99 @@ def test_gpt_matches_an_independent_reference_in_float64(kind, tiny_dense_config
     assert logits.dtype == torch.float64
     assert expected.abs().max() > 1.0                         # the comparison is not between near-zeros
     torch.testing.assert_close(logits, expected, rtol=0, atol=1e-10)
+
+
+# ------------------------------------------------------------------ KV cache
+def _random_weights(model: GPT, scale: float = 0.3) -> GPT:
+    """Weights of a trained model's size, so that attention is far from uniform."""
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith("norm.weight"):
+                param.uniform_(0.5, 1.5)
+            else:
+                param.normal_(0.0, scale)
+    return model
+
+
+@pytest.mark.parametrize("dtype, tolerance", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
+def test_cached_logits_equal_the_full_forward_pass(any_config, dtype, tolerance):
+    """Prefill 5 tokens, then 3, then one at a time: every position's logits as in one full pass."""
+    model = build(any_config).to(dtype)
+    idx = torch.randint(0, any_config.vocab_size, (2, any_config.max_seq_len),
+                        generator=torch.Generator().manual_seed(0))
+    cache = model.new_kv_cache()
+    with torch.no_grad():
+        full = model(idx).logits                                             # (2, T, V)
+        pieces = [model(idx[:, :5], cache=cache).logits, model(idx[:, 5:8], cache=cache).logits]
+        pieces += [model(idx[:, t:t + 1], cache=cache).logits for t in range(8, idx.shape[1])]
+    assert cache.position == idx.shape[1]
+    assert (torch.cat(pieces, dim=1) - full).abs().max().item() <= tolerance
+
+
+def test_greedy_tokens_are_identical_with_and_without_the_cache(any_config):
+    model = _random_weights(build(any_config))
+    prompt = torch.randint(0, any_config.vocab_size, (3, 4), generator=torch.Generator().manual_seed(1))
+    new_tokens = any_config.max_seq_len - prompt.shape[1]                   # up to a full window
+    cached = model.generate(prompt, new_tokens, temperature=0)
+    uncached = model.generate(prompt, new_tokens, temperature=0, use_cache=False)
+    assert torch.equal(cached, uncached)
+    assert len(set(cached[0, 4:].tolist())) > 2                              # not one token repeated
+
+
+def test_past_max_seq_len_the_cache_is_a_sliding_window(tiny_gqa_config):
+    """Beyond max_seq_len every query sees the max_seq_len latest positions, each key computed
+    when its token was new: the same as sliding-window attention over the whole sequence."""
+    cfg = tiny_gqa_config
+    model = _random_weights(build(cfg).double())
+    total = 3 * cfg.max_seq_len + 5
+    idx = torch.randint(0, cfg.vocab_size, (2, total), generator=torch.Generator().manual_seed(2))
+    cache = model.new_kv_cache()
+    with torch.no_grad():
+        pieces = [model(idx[:, :cfg.max_seq_len], cache=cache).logits]
+        pieces += [model(idx[:, t:t + 1], cache=cache).logits for t in range(cfg.max_seq_len, total)]
+        expected = reference_forward(model, idx, window=cfg.max_seq_len)
+    torch.testing.assert_close(torch.cat(pieces, dim=1), expected, rtol=0, atol=1e-9)
+    assert cache.layers[0].keys.shape == (2, cfg.kv_heads, cfg.max_seq_len, cfg.head_size)
+    # and it is not what re-encoding the cropped window gives
+    cropped = model(idx[:, total - cfg.max_seq_len:]).logits[:, -1]
+    assert (cropped - expected[:, -1]).abs().max() > 1e-3
+
+
+def test_the_cache_holds_n_kv_heads_and_its_bytes_match_the_formula(tiny_gqa_config):
+    from moe_helpers.accounting import kv_cache_bytes
+
+    cfg = tiny_gqa_config
+    model = build(cfg)
+    cache = model.new_kv_cache()
+    with torch.no_grad():
+        model(torch.zeros(3, 10, dtype=torch.long), cache=cache)
+    assert cache.layers[1].keys.shape == (3, cfg.kv_heads, 10, cfg.head_size)
+    assert cache.nbytes == kv_cache_bytes(cfg, batch_size=3, seq_len=10, dtype=torch.float32)
+    assert cache.nbytes == 2 * cfg.n_layers * 3 * cfg.kv_heads * cfg.head_size * 10 * 4
+    # past the window the cache stops growing
+    assert kv_cache_bytes(cfg, 1, 10 * cfg.max_seq_len) == kv_cache_bytes(cfg, 1, cfg.max_seq_len)
+
+
+def test_generation_past_max_seq_len_runs_with_and_without_the_cache(tiny_moe_config):
+    model = _random_weights(build(tiny_moe_config))
+    prompt = torch.tensor([[1, 2, 3]])
+    steps = 2 * tiny_moe_config.max_seq_len
+    cached = model.generate(prompt, steps, temperature=0)
+    uncached = model.generate(prompt, steps, temperature=0, use_cache=False)
+    assert cached.shape == uncached.shape == (1, 3 + steps)
+    window = tiny_moe_config.max_seq_len
+    assert torch.equal(cached[:, :window + 1], uncached[:, :window + 1])    # identical while it fits
+
+
+def test_a_bad_cache_window_is_refused():
+    from moe_helpers.layers import LayerKVCache
+
+    with pytest.raises(ValueError, match="window"):
+        LayerKVCache(0)
+
+
+def test_without_routing_the_logits_are_the_same_and_no_statistics_are_built(tiny_moe_config, token_ids):
+    model = build(tiny_moe_config)
+    full, light = model(token_ids), model(token_ids, with_routing=False)
+    torch.testing.assert_close(light.logits, full.logits, rtol=0, atol=0)
+    assert light.routing == [] and light.aux_loss.item() == 0.0 and len(full.routing) == tiny_moe_config.n_layers

@@ -579,3 +579,20 @@ def test_the_layer_uses_the_sequence_scope_when_asked():
     torch.testing.assert_close(stats.aux_loss, sequence_balance_loss(logits, 2), rtol=0, atol=1e-12)
     stats.aux_loss.backward()
     assert layer.router.weight.grad.abs().max() > 0
+
+
+def test_inference_skips_idle_experts_and_computes_the_same():
+    """Under no_grad an expert without tokens is not run; the output is the same as in training mode."""
+    torch.manual_seed(0)
+    layer = MoELayer(8, 16, 4, 1).double()
+    with torch.no_grad():
+        layer.router.weight[3] = -10.0                      # expert 3 never wins for these tokens
+    tokens = torch.randn(16, 8, dtype=torch.float64).abs()
+    calls = []
+    hook = layer.experts[3].register_forward_hook(lambda module, inputs, output: calls.append(inputs[0].shape[0]))
+    with_grad = layer(tokens)
+    with torch.no_grad():
+        without_grad = layer(tokens)
+    hook.remove()
+    assert calls == [0], "called once (with 0 tokens) while training, skipped in inference"
+    torch.testing.assert_close(without_grad, with_grad.detach(), rtol=0, atol=0)
