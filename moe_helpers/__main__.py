@@ -1,4 +1,5 @@
-"""``python -m moe_helpers train ...``: the three-phase run (see ``pipeline``)."""
+"""``python -m moe_helpers train ...``: the three-phase run; ``python -m moe_helpers export ...``:
+a run's model for Hugging Face ``transformers`` (see ``pipeline``)."""
 
 from .pipeline import main
 

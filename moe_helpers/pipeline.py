@@ -7,7 +7,13 @@ Phase 1 trains a dense model; ``upcycle`` turns it into an MoE (phase 2);
 phase prints the note's banner and log lines; each transition measures the
 loss jump on fixed held-out batches and stops the run if it exceeds the
 tolerance (a jump means the growth operator is broken).  Checkpoints are
-written atomically, and ``--resume`` continues from the newest one.
+written atomically, and ``--resume`` continues from the newest one.  At the
+end of each phase the model is also saved for Hugging Face ``transformers``
+(``hf/phaseN``: ``LlamaForCausalLM`` / ``MixtralForCausalLM`` and the tokenizer).
+
+    python -m moe_helpers export runs/laptop --phase 2 --out export/laptop-moe
+
+writes the same from a finished run's checkpoint.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ PHASE_TITLES = {1: "Phase 1 \u2014 Dense", 2: "Phase 2 \u2014 MoE",
                 3: "Phase 3 \u2014 Large MoE (Bilateral Growth)"}
 DATA_CHOICES = ("auto", "offline", "hub")
 JUMP_TOLERANCE = 1e-3          # the original note: "if it's < 0.001, bilateral growth is working"
+TOKENIZER_FILE = "tokenizer.json"
 
 
 class RunError(Exception):
@@ -250,7 +257,22 @@ class Run:
         self.pending_jump = None
         self.summary.append(entry)
         self.write_checkpoint(model, phase, completed=True)
+        self.export_hf(model, phase)
         return model
+
+    def export_hf(self, model: GPT, phase: int) -> Path | None:
+        """Save the phase's model for ``transformers`` in ``hf/phase{phase}``; a model that
+        Llama / Mixtral cannot express is skipped with the reason (the checkpoint keeps it)."""
+        from .hf import save_hf
+
+        target = self.out / "hf" / f"phase{phase}"
+        try:
+            save_hf(model, self.data.tokenizer, target)
+        except ValueError as reason:
+            print(f"  Not exported for transformers: {reason}\n")
+            return None
+        print(f"  Saved for transformers: {target}\n")
+        return target
 
     def sample_story(self, model: GPT, prompt: str = "Once upon a time", tokens: int = 120) -> str:
         tokenizer = self.data.tokenizer
@@ -285,6 +307,7 @@ def run_pipeline(preset_name: str = "laptop", data: str = "auto", out="runs/lapt
     if run.data.tokenizer.vocab_size > chosen.model.vocab_size:
         raise RunError(f"the tokenizer has {run.data.tokenizer.vocab_size} tokens, more than the model's "
                        f"vocab_size {chosen.model.vocab_size}")
+    run.data.tokenizer.save(out / TOKENIZER_FILE)        # for `export` and for reading the run later
     model.to(run.device)
     while phase <= 3:
         if model.cfg != run.configs[phase - 1]:
@@ -293,6 +316,34 @@ def run_pipeline(preset_name: str = "laptop", data: str = "auto", out="runs/lapt
         phase, train_state = phase + 1, None
     run.write_plots()
     return run.write_summary(ok=True)
+
+
+# ------------------------------------------------------------------- export
+def export_run(run_dir, out, phase: int | None = None) -> Path:
+    """Write the model of a run's completed ``phase`` (default: the last one completed) and
+    the run's tokenizer to ``out`` as a ``transformers`` folder (``moe_helpers.hf.save_hf``)."""
+    from .data import StoryTokenizer
+    from .hf import save_hf
+
+    run_dir = Path(run_dir)
+    checkpoints = run_dir / "checkpoints"
+    completed = sorted(int(path.stem[len("phase"):]) for path in checkpoints.glob("phase[123].pt"))
+    if not completed:
+        raise RunError(f"{run_dir} has no completed phase to export (no checkpoints/phase1.pt, phase2.pt or "
+                       "phase3.pt); is it the --out folder of a `train` run?")
+    if phase is None:
+        phase = completed[-1]
+    elif phase not in completed:
+        raise RunError(f"phase {phase} of {run_dir} is not completed; completed: "
+                       f"{', '.join(map(str, completed))}")
+    tokenizer_path = run_dir / TOKENIZER_FILE
+    if not tokenizer_path.exists():
+        raise RunError(f"{tokenizer_path} is missing: the run's tokenizer is needed to export it")
+    state = load_checkpoint(checkpoints / f"phase{phase}.pt")
+    model = GPT(ModelConfig(**state["model_config"]))
+    model.load_state_dict(state["model"])
+    tokenizer = StoryTokenizer.from_json(tokenizer_path.read_text())
+    return save_hf(model.eval(), tokenizer, out)
 
 
 # ------------------------------------------------------------------ command
@@ -332,11 +383,31 @@ def build_parser() -> argparse.ArgumentParser:
                        help="print the three phase banners from meta-device models and exit")
     train.add_argument("--seed", type=int, help="random seed (default: the preset's)")
     train.add_argument("--no-progress", action="store_true", help="no progress bars (log lines only)")
+    export = commands.add_parser("export", help="save a run's model for Hugging Face transformers",
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    export.add_argument("run_dir", help="the --out folder of a train run")
+    export.add_argument("--phase", type=int, choices=(1, 2, 3), help="which phase's model (default: the last "
+                        "completed one)")
+    export.add_argument("--out", required=True, help="folder to write (config, safetensors, tokenizer)")
     return parser
+
+
+def export_main(args) -> int:
+    try:
+        path = export_run(args.run_dir, args.out, args.phase)
+    except (RunError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"Saved for transformers: {path}\n"
+          f"  load:  AutoModelForCausalLM.from_pretrained({str(path)!r}), AutoTokenizer.from_pretrained(...)\n"
+          f"  share: huggingface-cli upload <your-name>/<model-name> {path}")
+    return 0
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "export":
+        return export_main(args)
     overrides = dict(experts=args.experts, top_k=args.top_k, width_factor=args.width_factor,
                      new_layers=args.new_layers, steps_phase1=args.steps_phase1, steps_phase2=args.steps_phase2,
                      steps_phase3=args.steps_phase3, lr_phase1=args.lr_phase1, lr_phase2=args.lr_phase2,
@@ -360,5 +431,6 @@ def main(argv=None) -> int:
     except (RunError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print(f"\nDone: metrics, plots, stories, summary and checkpoints are in {out}/")
+    print(f"\nDone: metrics, plots, stories, summary, checkpoints and the transformers export (hf/) "
+          f"are in {out}/")
     return 0

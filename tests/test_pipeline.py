@@ -157,3 +157,61 @@ def test_bad_options_are_explained(tmp_path, args, message):
     result = run_command(*FAST, "--out", str(tmp_path / "out"), *args, timeout=60)
     assert result.returncode == 2
     assert message in result.stderr
+
+
+# ------------------------------------------------------------ transformers export
+def _checkpoint_model(out: Path, phase: int):
+    from moe_helpers.config import ModelConfig
+    from moe_helpers.model import GPT
+
+    state = torch.load(out / "checkpoints" / f"phase{phase}.pt", weights_only=True)
+    model = GPT(ModelConfig(**state["model_config"]))
+    model.load_state_dict(state["model"])
+    return model.eval()
+
+
+def _loads_with_transformers_alone(folder: Path, model, tokenizer_text: str = "Once upon a time, Lily"):
+    """The folder loads with AutoModelForCausalLM / AutoTokenizer and computes ``model``'s logits."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    hf_model = AutoModelForCausalLM.from_pretrained(folder).eval()
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    ids = torch.tensor([tokenizer(tokenizer_text)["input_ids"]])
+    with torch.no_grad():
+        gap = (hf_model(ids).logits - model(ids).logits).abs().max().item()
+    assert gap <= 1e-5, gap
+    return hf_model
+
+
+def test_each_phase_is_saved_for_transformers(finished_run):
+    out, stdout = finished_run
+    architectures = {}
+    for phase in (1, 2, 3):
+        hf_model = _loads_with_transformers_alone(out / "hf" / f"phase{phase}", _checkpoint_model(out, phase))
+        architectures[phase] = type(hf_model).__name__
+    assert architectures == {1: "LlamaForCausalLM", 2: "MixtralForCausalLM", 3: "MixtralForCausalLM"}
+    assert stdout.count("Saved for transformers:") == 3
+
+
+def test_export_command_writes_a_loadable_folder(finished_run, tmp_path, capsys):
+    out, _ = finished_run
+    assert main(["export", str(out), "--phase", "2", "--out", str(tmp_path / "moe")]) == 0
+    assert "huggingface-cli upload" in capsys.readouterr().out
+    _loads_with_transformers_alone(tmp_path / "moe", _checkpoint_model(out, 2))
+    assert main(["export", str(out), "--out", str(tmp_path / "last")]) == 0          # default: the last phase
+    assert json.loads((tmp_path / "last" / "config.json").read_text())["num_hidden_layers"] == \
+        _checkpoint_model(out, 3).cfg.n_layers
+
+
+def test_export_explains_what_is_missing(finished_run, tmp_path, capsys):
+    out, _ = finished_run
+    assert main(["export", str(tmp_path), "--out", str(tmp_path / "x")]) == 2
+    assert "no completed phase" in capsys.readouterr().err
+    partial = tmp_path / "partial"
+    (partial / "checkpoints").mkdir(parents=True)
+    (partial / "checkpoints" / "phase1.pt").write_bytes((out / "checkpoints" / "phase1.pt").read_bytes())
+    assert main(["export", str(partial), "--phase", "3", "--out", str(tmp_path / "x")]) == 2
+    message = capsys.readouterr().err
+    assert "phase 3" in message and "completed: 1" in message
+    assert main(["export", str(partial), "--out", str(tmp_path / "x")]) == 2
+    assert "tokenizer.json is missing" in capsys.readouterr().err
