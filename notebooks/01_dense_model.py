@@ -660,65 +660,65 @@ assert top.values.sum() > 40 * 5 / model_cfg.vocab_size, "the trained model shou
 # %% [markdown]
 # ## 6. Exercises
 #
-# Each exercise has a cell for your answer (replace `None`) and a cell that checks it.
-#
-# **Exercise 1 — count the parameters of one block by hand.** Using only the numbers in
-# `model_cfg` (`d_model`, `n_heads`, `kv_heads`, `head_size`, `d_ff`), write a formula for the
-# number of parameters in one block: the four attention matrices, the three SwiGLU matrices and
-# the two RMSNorm gains. (There are no biases.)
+# Each exercise asks you to implement one piece of this chapter in a stub function. Replace
+# `raise NotImplementedError` with your code and run the cell below it: `check` runs your function
+# on hidden test cases and compares it with the course's own implementation. It answers *not
+# attempted yet*, *correct*, or *wrong* with a hint that points at the mistake (never at the
+# answer). Reference solutions, for when you are done or stuck:
+# `solutions/01_dense_model.py` at the root of the repository.
 
 # %%
-answer = None  # your code here, e.g. answer = model_cfg.d_model * ... + ...
-
-# %%
-expected = sum(p.numel() for p in model.layers[0].parameters())
-if answer is None:
-    print("not answered yet: wq is d_model x (n_heads * head_size); wk and wv use kv_heads; "
-          "each SwiGLU matrix has d_model * d_ff entries; each gain has d_model")
-else:
-    assert answer == expected, f"{answer:,} is not the {expected:,} parameters counted from the module"
-    print(f"✓ {expected:,} parameters per block, "
-          f"{model_cfg.n_layers * expected / count_parameters(model).total:.0%} of the model in all blocks")
+from moe_helpers.exercises import check
 
 # %% [markdown]
-# **Exercise 2 — the loss at step 0.** Before training, the model's logits are all close to zero,
-# so its prediction is close to uniform over the vocabulary. What is the cross-entropy (in nats
-# per token) of a model that gives every one of the `model_cfg.vocab_size` tokens the same
-# probability? Compare your number with the validation loss at step 0 of the run above.
+# **Exercise 1 — RMSNorm as a function.** Write `rms_norm(x, gain, eps)`: normalise every vector of
+# `x` (shape `(..., d)`) by its root mean square over the last dimension and multiply by the gain
+# `gain` (shape `(d,)`), as in section 3.1:
+# $y = x / \sqrt{\mathrm{mean}(x^2) + \epsilon} \odot g$. Return a tensor of the shape of `x`.
+# The hidden cases include an all-zero vector and inputs small enough for `eps` to matter.
 
 # %%
-answer = None  # your code here
+def rms_norm(x, gain, eps=1e-5):
+    """x: (..., d), gain: (d,) -> (..., d)."""
+    raise NotImplementedError  # your code here
+
 
 # %%
-val_targets = torch.from_numpy(data.val[: 4096].astype("int64"))      # real next tokens
-uniform_logits = torch.zeros(val_targets.numel(), model_cfg.vocab_size)   # equal probabilities
-expected = F.cross_entropy(uniform_logits, val_targets).item()
-print(f"validation loss at step 0: {first_val:.3f} nats/token")
-assert abs(first_val - expected) < 0.3, "a freshly initialised model should start near the uniform loss"
-if answer is None:
-    print("not answered yet: if each token has probability 1/V, the cross-entropy is -log(1/V)")
-else:
-    assert math.isclose(answer, expected, rel_tol=1e-4), f"{answer} is not the uniform loss {expected:.4f}"
-    print(f"✓ ln({model_cfg.vocab_size}) = {expected:.4f}: the untrained model is a near-uniform guess")
+check("rms_norm", rms_norm)
 
 # %% [markdown]
-# **Exercise 3 — temperature.** `generate` divides the logits by the temperature before the
-# softmax. Take `next_logits` (the trained model's logits for the token after `prompt`) and compute the
-# **entropy** (in nats) of the next-token distribution at temperatures 0.5, 1.0 and 2.0, as a
-# list of three floats. Then run `write_story(model, tok, prompt, temperature=...)` with a low
-# and a high temperature and read the two stories: which one is safer, which one is wilder?
+# **Exercise 2 — causal attention with grouped-query heads.** Write `causal_gqa_attention(q, k, v)`
+# for queries `q` of shape `(B, H, T, hd)` and keys and values `k`, `v` of shape `(B, H_kv, T, hd)`,
+# where `H` is a multiple of `H_kv` and query head `h` reads key/value head `h // (H / H_kv)`
+# (section 3.3). Compute $\mathrm{softmax}(q k^\top / \sqrt{hd} + M)\, v$ with the causal mask $M$
+# yourself (not with `F.scaled_dot_product_attention`) and return the output, `(B, H, T, hd)`.
+# The hidden cases include ordinary multi-head attention (`H_kv = H`), a single key/value head
+# and a single token.
 
 # %%
-answer = None  # your code here: [entropy at 0.5, entropy at 1.0, entropy at 2.0], from next_logits
+def causal_gqa_attention(q, k, v):
+    """q: (B, H, T, hd); k, v: (B, H_kv, T, hd) -> (B, H, T, hd)."""
+    raise NotImplementedError  # your code here
+
 
 # %%
-temperatures = [0.5, 1.0, 2.0]
-expected = [torch.distributions.Categorical(logits=next_logits / t).entropy().item() for t in temperatures]
-assert expected[0] < expected[1] < expected[2], "a higher temperature flattens the distribution"
-if answer is None:
-    print("not answered yet: p = softmax(logits / T); entropy = -sum(p * log p)")
-else:
-    assert len(answer) == 3 and all(math.isclose(a, e, rel_tol=1e-3, abs_tol=1e-4)
-                                    for a, e in zip(answer, expected)), f"{answer} != {expected}"
-    print("✓ entropy at T = 0.5, 1, 2:", [round(e, 3) for e in expected],
-          "— low temperature sharpens the choice, high temperature spreads it")
+check("causal_gqa_attention", causal_gqa_attention)
+
+# %% [markdown]
+# **Exercise 3 — count the parameters of one block by hand.** Write `block_parameter_count(cfg)`:
+# the number of parameters of one dense block of a `ModelConfig` — the four attention matrices,
+# the three SwiGLU matrices and the two RMSNorm gains (there are no biases) — by formula, from
+# `cfg.d_model`, `cfg.n_heads`, `cfg.kv_heads`, `cfg.head_size` and `cfg.d_ff` (the derived
+# `kv_heads` and `head_size` are always set; the fields `n_kv_heads` and `head_dim` may be `None`).
+# The hidden configs include grouped-query attention and a `head_dim` that is not
+# `d_model / n_heads`. Afterwards, compare `block_parameter_count(model_cfg)` with
+# `sum(p.numel() for p in model.layers[0].parameters())`.
+
+# %%
+def block_parameter_count(cfg):
+    """Parameters of one dense block of the config ``cfg`` (an int)."""
+    raise NotImplementedError  # your code here
+
+
+# %%
+check("block_parameter_count", block_parameter_count)

@@ -632,61 +632,65 @@ explorer
 # %% [markdown]
 # ## Exercises
 #
-# **Exercise 1 — renormalised weights.**  A router gives one token the probabilities below.  Which
-# two weights does top-2 routing with renormalisation give the chosen experts (best first)?  Answer
-# with a tensor of two numbers.
+# Each exercise asks you to implement one piece of this chapter in a stub function. Replace
+# `raise NotImplementedError` with your code and run the cell below it: `check` runs your function
+# on hidden test cases and compares it with the course's own implementation. It answers *not
+# attempted yet*, *correct*, or *wrong* with a hint that points at the mistake (never at the
+# answer). Reference solutions, for when you are done or stuck:
+# `solutions/02_expert_routing.py` at the root of the repository.
 
 # %%
-exercise_probs = torch.tensor([0.05, 0.40, 0.10, 0.30, 0.15])
-answer = None  # your code here
-
-# %%
-from moe_helpers.moe import Router
-
-expected_router = Router(d_model=1, num_experts=5, top_k=2)
-expected_weights, expected_experts = expected_router.route(exercise_probs.log()[None, :])
-if answer is None:
-    print("not answered yet: take the two largest probabilities and divide each by their sum")
-else:
-    torch.testing.assert_close(torch.as_tensor(answer, dtype=torch.float32), expected_weights[0])
-    print(f"✓ experts {expected_experts[0].tolist()} get weights {expected_weights[0].tolist()}")
+from moe_helpers.exercises import check
 
 # %% [markdown]
-# **Exercise 2 — the balancing loss of a real router.**  `captured_logits` holds the router logits
-# of the collapsed model's layer 0 on `eval_inputs` (one row per token).  Compute
-# `E * sum_i f_i * P_i` for top-1 routing yourself (without `load_balancing_loss`).
+# **Exercise 1 — the router.** Write `route_top_k(router_logits, k)`: from router logits of shape
+# `(N, E)` compute each token's probabilities over the experts, choose its `k` most probable
+# experts and renormalise their probabilities to sum to 1 (section 2). Return the pair
+# `(weights, experts)`, both of shape `(N, k)`, best expert first, with `experts` the integer
+# indices of the chosen experts. The hidden cases include `k = 1`, `k = E`, ties between experts
+# and logits as large as 100.
 
 # %%
-captured = {}   # the MoE layer's input: the normalised hidden states (16, 64, d_model)
-hook = collapsed.moe_layers[0].register_forward_hook(lambda module, inputs, output: captured.update(x=inputs[0]))
-with torch.no_grad():
-    collapsed(eval_inputs)
-    hook.remove()
-    hidden = captured["x"].reshape(-1, captured["x"].shape[-1])            # (N, d_model)
-    captured_logits = collapsed.moe_layers[0].router.logits(hidden)        # (N, E)
-print("captured router logits:", tuple(captured_logits.shape))
-answer = None  # your code here
+def route_top_k(router_logits, k):
+    """router_logits: (N, E) -> (weights (N, k), experts (N, k)), best expert first."""
+    raise NotImplementedError  # your code here
+
 
 # %%
-expected_balance = load_balancing_loss(captured_logits, top_k=1).item()
-if answer is None:
-    print("not answered yet: f = bincount of the argmax / N, P = softmax(logits).mean(0), loss = E * (f * P).sum()")
-else:
-    assert abs(float(answer) - expected_balance) < 1e-4, f"expected {expected_balance:.4f}, got {float(answer):.4f}"
-    print(f"✓ balancing loss {expected_balance:.4f} (1.0 would be perfectly balanced, {num_experts} fully collapsed)")
+check("route_top_k", route_top_k)
 
 # %% [markdown]
-# **Exercise 3 — how many slots does a capacity limit drop?**  With the counts `counts` of the
-# collapsed model's layer 0 (printed in section 6, top-1 so one slot per token), how many token
-# slots are dropped at a capacity factor of 1.5?  Answer with an integer.
+# **Exercise 2 — dispatch.** Write `moe_forward(x, top_k_weights, top_k_experts, experts)`: given
+# the tokens `x` `(N, d)`, a router's choices `top_k_weights` and `top_k_experts` `(N, k)` and a
+# list of `E` expert networks, return the layer's output `(N, d)`,
+# $y_t = \sum_{i \in S_t} g_{ti}\, \mathrm{Expert}_i(x_t)$. Compute it the way `MoELayer` does
+# (section 4): run each expert **once**, on exactly the tokens routed to it, and add its weighted
+# outputs back to their tokens — no loop over tokens, and no expert computing a token that did not
+# choose it (the checker counts each expert's calls and rows). The hidden cases include top-1 and
+# an expert that no token chooses.
 
 # %%
-answer = None  # your code here
+def moe_forward(x, top_k_weights, top_k_experts, experts):
+    """x: (N, d); top_k_weights, top_k_experts: (N, k); experts: E modules -> (N, d)."""
+    raise NotImplementedError  # your code here
+
 
 # %%
-expected_dropped = round(dropped_fraction(collapsed, eval_inputs, 1.5) * slots)
-if answer is None:
-    print("not answered yet: capacity = ceil(1.5 * N * k / E); each expert drops max(0, count - capacity)")
-else:
-    assert int(answer) == expected_dropped, f"expected {expected_dropped}, got {answer}"
-    print(f"✓ {expected_dropped} of {slots} slots dropped at capacity factor 1.5")
+check("moe_forward", moe_forward)
+
+# %% [markdown]
+# **Exercise 3 — the load-balancing loss.** Write `balance_loss(router_logits, k)`: the Switch
+# Transformer loss $E \sum_i f_i P_i$ of section 5 for top-`k` routing, without
+# `load_balancing_loss`. `f` counts the token slots each expert receives, `P` averages the router
+# probabilities; return a tensor, so that the gradient flows through `P` (the checker compares the
+# gradient too). The hidden cases include the three tokens of section 5, a collapsed router and an
+# expert that is never chosen.
+
+# %%
+def balance_loss(router_logits, k):
+    """router_logits: (N, E) -> the loss, a tensor with a gradient."""
+    raise NotImplementedError  # your code here
+
+
+# %%
+check("balance_loss", balance_loss)

@@ -583,56 +583,62 @@ assert summary == calculator_summary(seed_moe, SEQ_LEN, "bfloat16")
 # %% [markdown]
 # ## Exercises
 #
-# **Exercise 1.** Mixtral-8x7B routes each token to 2 of its 8 experts. How many parameters would
-# each token use with top-1 routing (embeddings counted, as Mistral does)? Give the number of
-# parameters (an int or float). Hint: `published_model("Mixtral-8x7B").config` and
-# `count_from_config`.
+# Each exercise asks you to implement one piece of this chapter in a stub function. Replace
+# `raise NotImplementedError` with your code and run the cell below it: `check` runs your function
+# on hidden test cases and compares it with the course's own implementation. It answers *not
+# attempted yet*, *correct*, or *wrong* with a hint that points at the mistake (never at the
+# answer). Reference solutions, for when you are done or stuck:
+# `solutions/03_parameter_accounting.py` at the root of the repository.
 
 # %%
-from moe_helpers.real_models import published_model
-
-answer = None  # your code here
-
-# %%
-expected = count_from_config(published_model("Mixtral-8x7B").config.replace(top_k=1)).active
-if answer is None:
-    print("not answered yet: replace None with your count (top_k=1 in a copy of the config)")
-else:
-    assert abs(answer / expected - 1) < 0.005, f"{answer / 1e9:.2f} B is not it; compare with top-2's 12.9 B"
-    print(f"✓ {expected / 1e9:.2f} B parameters per token with top-1 routing")
+from moe_helpers.exercises import check
 
 # %% [markdown]
-# **Exercise 2.** How many bytes does fine-tuning OLMoE-1B-7B with AdamW take for weights,
-# gradients and optimiser state, with bfloat16 weights and gradients and float32 AdamW state?
-# (Activations not included.) Then compare with the active count: could you use the active
-# count to budget memory?
+# **Exercise 1 — total and active parameters.** Write `moe_parameter_counts(cfg)`: the pair
+# `(total, active)` for any `ModelConfig`, by formula (sections 1 and 2), without
+# `count_from_config` or `count_parameters`. Active counts everything one token uses, the input
+# embedding, the routers and the shared experts included. You will need `vocab_size`, `d_model`,
+# `n_layers`, `n_heads`, `head_size`, `kv_heads`, `d_ff`, `num_experts`, `top_k`,
+# `tie_embeddings`, `num_shared_experts`, `shared_hidden`, `num_moe_layers` and `dense_hidden`.
+# The hidden configs include a dense model, tied embeddings, grouped-query attention, a shared
+# expert with a dense first block, and `top_k = num_experts`.
 
 # %%
-answer = None  # your code here
+def moe_parameter_counts(cfg):
+    """(total, active) parameters of the config ``cfg``, two ints."""
+    raise NotImplementedError  # your code here
+
 
 # %%
-expected = memory_bytes(published_model("OLMoE-1B-7B").config, torch.bfloat16, "adamw").total
-if answer is None:
-    print("not answered yet: memory_bytes(config, dtype, optimizer) returns weights, gradients and optimizer")
-else:
-    assert abs(answer / expected - 1) < 0.01, f"{answer / 1e9:.1f} GB is not it (12 bytes per parameter here)"
-    print(f"✓ {expected / 1e9:.1f} GB: every parameter counts, not just the active ones")
+check("moe_parameter_counts", moe_parameter_counts)
 
 # %% [markdown]
-# **Exercise 3.** Upcycle the `laptop` dense model (`preset("laptop").model`) into $E$ experts with
-# top-2 routing. What is the smallest $E$ for which the MoE stores more than 4 times the dense
-# model's parameters? Give $E$ as an int.
+# **Exercise 2 — FLOPs per token.** Write `forward_flops_per_token(cfg, seq_len)`: the forward
+# FLOPs of one token with a context of `seq_len` tokens, by section 5's formula
+# $2 N_\text{active matmul} + 4 L T H d_{head}$. For the parameter counts you may call
+# `count_from_config` (its `.active` and `.by_part`) or your `moe_parameter_counts`; which
+# parameters are matrix products is up to you.
 
 # %%
-answer = None  # your code here
+def forward_flops_per_token(cfg, seq_len):
+    """Forward FLOPs per token (a number)."""
+    raise NotImplementedError  # your code here
+
 
 # %%
-dense_total = count_from_config(laptop).total
-expected = next(experts for experts in range(2, 64)
-                if count_from_config(laptop.upcycled(experts, 2)).total > 4 * dense_total)
-if answer is None:
-    print("not answered yet: loop over E and compare count_from_config(laptop.upcycled(E, 2)).total")
-else:
-    assert answer == expected, f"E = {answer} is not the smallest; check E - 1 and E + 1"
-    ffn_share = count_from_config(laptop).by_part["dense_ffn"] / dense_total
-    print(f"✓ E = {expected}: each expert adds one FFN, and the FFN is only {100 * ffn_share:.0f}% of the dense model")
+check("forward_flops_per_token", forward_flops_per_token)
+
+# %% [markdown]
+# **Exercise 3 — training memory.** Write `training_memory_bytes(cfg, bytes_per_value)`: the bytes
+# that training with AdamW holds for the weights, their gradients (both `bytes_per_value` bytes
+# each: 4 for float32, 2 for bfloat16) and the optimiser state (float32), as `memory_bytes`
+# counts them in section 5: no activations, no float32 master copy.
+
+# %%
+def training_memory_bytes(cfg, bytes_per_value):
+    """Bytes of weights, gradients and AdamW state (an int)."""
+    raise NotImplementedError  # your code here
+
+
+# %%
+check("training_memory_bytes", training_memory_bytes)

@@ -417,61 +417,50 @@ assert moe_final < moe_val_losses[0] and dense_final < dense_val_losses[0]   # b
 # ## Exercises
 
 # %% [markdown]
-# **Exercise 1.** Upcycle `dense` into **8 experts, top-2, without renormalisation**. By what factor
-# does block 0 scale its FFN output, on average over the tokens `tokens` of section 3? First give
-# the lower bound from the argument above, then compute the real factor and put it in `answer`.
+# Each exercise asks you to implement one piece of this chapter in a stub function. Replace
+# `raise NotImplementedError` with your code and run the cell below it: `check` runs your function
+# on hidden test cases and compares it with the course's own implementation. It answers *not
+# attempted yet*, *correct*, or *wrong* with a hint that points at the mistake (never at the
+# answer). Reference solutions, for when you are done or stuck:
+# `solutions/04_sparse_upcycling.py` at the root of the repository.
 
 # %%
-answer = None  # your code here
-
-# %%
-switch8 = upcycle(dense, 8, 2, renormalize=False)
-with torch.no_grad():
-    expected = switch8.layers[0].ffn.router(tokens).softmax(-1).topk(2, dim=-1).values.sum(-1).mean().item()
-if answer is None:
-    print("not answered yet: softmax the router logits of block 0, keep the top 2, sum, average ...")
-else:
-    assert abs(answer - expected) < 1e-3, f"expected {expected:.4f}, got {answer}"
-    print(f"✓ {expected:.3f}: at least 2/8 = 0.25, a little more because top-2 picks the two largest")
+from moe_helpers.exercises import check
 
 # %% [markdown]
-# **Exercise 2.** How many parameters does `upcycle(dense, 8, 2)` hold in total, and how many does
-# one token use? Work it out from the dense model's counts (`count_parameters(dense).by_part`):
-# each MoE block stores 8 copies of the FFN plus a router of 8 x d_model weights, and a token runs 2
-# of the copies. Put `(total, active)` in `answer`.
+# **Exercise 1 — upcycle a whole model's weights.** Section 2's `upcycle_ffn` upcycles one layer;
+# `upcycle` does every block. Write the weights part of it, `upcycle_state_dict(dense_state,
+# num_experts, router_std, generator)`: from a dense `GPT`'s `state_dict()` return a **new** dict
+# that the MoE `GPT(cfg.upcycled(num_experts, top_k))` loads with `load_state_dict`:
+#
+# * every `layers.<i>.ffn.<w>.weight` (`w1`, `w2`, `w3`) is copied into
+#   `layers.<i>.ffn.experts.<e>.<w>.weight` for each expert `e`;
+# * every block gets a router `layers.<i>.ffn.router.weight` of shape `(num_experts, d_model)`,
+#   drawn from a normal distribution with standard deviation `router_std`, using `generator`;
+# * every other tensor is the dense model's; `dense_state` itself is left as it was.
+#
+# The checker loads your dict into an MoE and compares its logits with the dense model's.
 
 # %%
-answer = None  # your code here
+def upcycle_state_dict(dense_state, num_experts, router_std=0.02, generator=None):
+    """A dense GPT's state dict -> an upcycled MoE GPT's state dict (a new dict)."""
+    raise NotImplementedError  # your code here
+
 
 # %%
-expected_counts = count_parameters(upcycle(dense, 8, 2))
-if answer is None:
-    print("not answered yet: start from count_parameters(dense).by_part['dense_ffn'] ...")
-else:
-    assert tuple(answer) == (expected_counts.total, expected_counts.active), \
-        f"expected {(expected_counts.total, expected_counts.active)}, got {answer}"
-    print(f"✓ {expected_counts.total:,} total, {expected_counts.active:,} active per token")
+check("upcycle_state_dict", upcycle_state_dict)
 
 # %% [markdown]
-# **Exercise 3.** With **top-1** routing and renormalisation, the single weight $g = p/p$ is always
-# 1. Upcycle `dense` into 4 experts, top-1, make the experts *different* (add
-# `0.01 * torch.randn_like(w)` to every expert's `w1` in block 0), and measure the largest
-# |gradient| the language-model loss alone gives block 0's router on `val_idx, val_targets`. Put
-# it in `answer`. Why does this router never learn from the LM loss, even with different experts?
+# **Exercise 2 — the scale without renormalisation.** Write `chosen_mass(router_logits, k)`: for
+# router logits `(N, E)`, the factor `(N,)` by which an upcycled layer **without** renormalisation
+# scales each token's FFN output (section 3). Then apply it to the router of block 0 of
+# `switch` on the tokens `tokens` and compare the mean with the printed one.
 
 # %%
-answer = None  # your code here
+def chosen_mass(router_logits, k):
+    """router_logits: (N, E) -> (N,)."""
+    raise NotImplementedError  # your code here
+
 
 # %%
-top1 = upcycle(dense, 4, 1)
-with torch.no_grad():
-    for expert in top1.layers[0].ffn.experts:
-        expert.w1.weight.add_(0.01 * torch.randn_like(expert.w1.weight))
-expected_top1 = router_and_expert_grads(top1, val_idx, val_targets, with_aux=False)[0]
-if answer is None:
-    print("not answered yet: use router_and_expert_grads(..., with_aux=False) from section 4")
-else:
-    assert expected_top1[0] < 1e-5 * expected_top1[1] and abs(answer) < 1e-5 * expected_top1[1], \
-        f"expected about {expected_top1[0]:.1e}, got {answer}"
-    print(f"✓ {answer:.1e}: g = p / p = 1 for every token, so the output does not depend on the router "
-          "at all; top-1 routers learn from the aux loss only (Switch therefore uses the raw p)")
+check("chosen_mass", chosen_mass)

@@ -490,60 +490,60 @@ print("published: bert2BERT ~45%, LiGO ~45% compute saved; G_stack ~55% (a speed
 # ## Exercises
 
 # %% [markdown]
-# **Exercise 1.** How many parameters does the small model have after `grow_width(small, 3)`?
-# Work it out by reasoning (the embedding and LM head grow by 3, every matrix inside a block by
-# 3 x 3 = 9, every norm gain by 3) starting from `count_parameters(small).by_part`, and put the
-# total in `answer`.
+# Each exercise asks you to implement one piece of this chapter in a stub function. Replace
+# `raise NotImplementedError` with your code and run the cell below it: `check` runs your function
+# on hidden test cases and compares it with the course's own implementation. It answers *not
+# attempted yet*, *correct*, or *wrong* with a hint that points at the mistake (never at the
+# answer). Reference solutions, for when you are done or stuck:
+# `solutions/05_bilateral_growth.py` at the root of the repository.
 
 # %%
-answer = None  # your code here
-
-# %%
-expected_total = count_parameters(grow_width(small, 3, verbose=False)).total
-if answer is None:
-    print("not answered yet: by_part has embedding, lm_head, attention, norms and dense_ffn ...")
-else:
-    assert answer == expected_total, f"expected {expected_total:,}, got {answer:,}"
-    print(f"✓ {expected_total:,} parameters")
+from moe_helpers.exercises import check
 
 # %% [markdown]
-# **Exercise 2.** `grow_depth(small, 3, where="top")` stacks three new blocks on top. Which old block
-# does each block of the new model copy? Put the list of source indices (one per new block, e.g.
-# `[0, 0, 1, ...]`) in `answer`, then check it against the model: new blocks have zero `wo`.
+# **Exercise 1 — widen an FFN.** Write `widen_ffn(ffn, factor)`: from a SwiGLU `FeedForward` with
+# input width `d_model` and hidden size `d_ff`, return a **new** `FeedForward(d_model * factor,
+# d_ff * factor)` that maps `[x, ..., x]` (`factor` copies) to `[FFN(x), ..., FFN(x)]`, by section
+# 1's rule applied to each of `w1`, `w3` and `w2`. Leave `ffn` as it was. The hidden cases include
+# `factor = 1` and 3.
 
 # %%
-answer = None  # your code here
+def widen_ffn(ffn, factor):
+    """FeedForward(d, d_ff) -> FeedForward(d * factor, d_ff * factor), the function preserved."""
+    raise NotImplementedError  # your code here
+
 
 # %%
-from moe_helpers.config import insertion_plan
-
-expected_plan = insertion_plan(SMALL.n_layers, 3, "top")
-top_grown = grow_depth(small, 3, where="top")
-identity_blocks = [i for i, block in enumerate(top_grown.layers) if block.attention.wo.weight.abs().max() == 0]
-assert identity_blocks == list(range(SMALL.n_layers, SMALL.n_layers + 3))
-if answer is None:
-    print("not answered yet: the first blocks are the old ones, in order; the new ones copy the last block")
-else:
-    assert list(answer) == expected_plan, f"expected {expected_plan}, got {answer}"
-    print(f"✓ {expected_plan}: blocks {identity_blocks} are the new identity blocks")
+check("widen_ffn", widen_ffn)
 
 # %% [markdown]
-# **Exercise 3.** Split the experts of `moe` by 4 instead of 2. What are the new `num_experts`,
-# `top_k` and `d_ff`, and is the function still preserved? Put
-# `(num_experts, top_k, d_ff, jump)` in `answer`, where `jump` is the cross-entropy jump on
-# `val_idx, val_targets` measured with `preservation_report`.
+# **Exercise 2 — a new block that does nothing (yet).** Write `identity_copy(block)`: from a
+# `moe_helpers.model.Block` (dense or MoE), return a copy whose output projections are zero, so
+# that it returns its input unchanged (section 3): attention's `wo` and every FFN down projection
+# `w2` (in an MoE block: every expert's and every shared expert's). Everything else stays an exact
+# copy, and the block you were given stays as it was. The checker calls `your_block(x)[0]`
+# (a `Block` returns its output and its routing record).
 
 # %%
-answer = None  # your code here
+def identity_copy(block):
+    """A new Block, a copy of ``block`` that computes the identity."""
+    raise NotImplementedError  # your code here
+
 
 # %%
-finer = split_experts(moe, 4)
-expected_jump = preservation_report(moe, finer, val_idx, val_targets).jump
-expected_shape = (finer.cfg.num_experts, finer.cfg.top_k, finer.cfg.d_ff)
-if answer is None:
-    print("not answered yet: split_experts(moe, 4).cfg, then preservation_report(moe, ..., val_idx, val_targets)")
-else:
-    assert tuple(answer[:3]) == expected_shape, f"expected {expected_shape}, got {tuple(answer[:3])}"
-    assert abs(answer[3] - expected_jump) < 1e-6 and abs(answer[3]) < 1e-5, f"expected jump {expected_jump:.1e}"
-    print(f"✓ {expected_shape[0]} experts of d_ff={expected_shape[2]}, top-{expected_shape[1]}, "
-          f"jump {expected_jump:+.1e}: still exact")
+check("identity_copy", identity_copy)
+
+# %% [markdown]
+# **Exercise 3 — split an FFN.** Write `split_ffn(ffn, parts)`: cut the hidden units of a
+# `FeedForward(d_model, d_ff)` into `parts` equal slices and return them as a list of `parts`
+# `FeedForward(d_model, d_ff // parts)` whose outputs add up to `ffn(x)` (section 5, for any number
+# of parts).
+
+# %%
+def split_ffn(ffn, parts):
+    """FeedForward(d, d_ff) -> a list of ``parts`` FeedForward(d, d_ff // parts) that add up to it."""
+    raise NotImplementedError  # your code here
+
+
+# %%
+check("split_ffn", split_ffn)

@@ -500,63 +500,46 @@ else:
 
 # %% [markdown]
 # ## Exercises
+#
+# Each exercise asks you to implement one piece of this chapter in a stub function. Replace
+# `raise NotImplementedError` with your code and run the cell below it: `check` runs your function
+# on hidden test cases and compares it with the course's own implementation. It answers *not
+# attempted yet*, *correct*, or *wrong* with a hint that points at the mistake (never at the
+# answer). Reference solutions, for when you are done or stuck:
+# `solutions/06_three_phases.py` at the root of the repository.
+
+# %%
+from moe_helpers.exercises import check
 
 # %% [markdown]
-# **Exercise 1.** The phase-3 banner of the run in section 3 printed the number of idle experts per
-# token. Compute it by formula from the `laptop` preset (`LAPTOP.num_experts`, `LAPTOP.top_k`,
-# `LAPTOP.model.n_layers`, `LAPTOP.new_layers`) without building a model, and put it in `answer`.
+# **Exercise 1 — the transition check.** Write `transition_jump(before, after, idx, targets,
+# tolerance)`: the check `run_pipeline` makes at every transition (section 4). Return the pair
+# `(jump, ok)`: `jump` is the cross-entropy of `after` minus that of `before` on the tokens `idx`
+# and next tokens `targets` (`model(idx, targets).loss`, aux losses left out), both models in eval
+# mode, and `ok` is whether `abs(jump) < tolerance`. Leave each model in the mode you found it.
+# The hidden transitions include upcycling, bilateral growth, a broken one, one after which the
+# loss drops, and models with dropout in training mode.
 
 # %%
-answer = None  # your code here
+def transition_jump(before, after, idx, targets, tolerance=1e-3):
+    """(loss after - loss before, whether |jump| < tolerance) on one batch."""
+    raise NotImplementedError  # your code here
+
 
 # %%
-expected_idle = count_parameters(grown).experts_idle   # measured on the phase-3 model of the run
-if answer is None:
-    print("not answered yet: how many experts does each MoE block skip per token, and how many blocks are there?")
-else:
-    assert answer == expected_idle, f"expected {expected_idle}, got {answer}"
-    print(f"✓ {expected_idle} = ({LAPTOP.num_experts} - {LAPTOP.top_k}) idle experts x "
-          f"{grown.cfg.n_layers} blocks, as the banner said")
+check("transition_jump", transition_jump)
 
 # %% [markdown]
-# **Exercise 2.** Predict the total parameter count of phase 2 from the phase-1 config alone
-# (`LAPTOP.model`: `d_model`, `n_layers`, `d_ff`, and the total of phase 1, `phases[1]["total_params"]`):
-# upcycling replaces each block's FFN (3 · d_model · d_ff weights) by `num_experts` copies and adds a
-# router of `num_experts x d_model` weights. Put the number in `answer`.
+# **Exercise 2 — expert utilisation.** Write `expert_load_share(top_k_experts, num_experts)`: from
+# the chosen experts `(N, k)` of one MoE layer (a `RoutingStats.top_k_experts`), each expert's share
+# of the `N * k` token slots, a tensor `(num_experts,)` that sums to 1 — what the heatmaps of
+# section 5 draw. An expert that receives no slot has share 0.
 
 # %%
-answer = None  # your code here
+def expert_load_share(top_k_experts, num_experts):
+    """top_k_experts: (N, k) -> (num_experts,), sums to 1."""
+    raise NotImplementedError  # your code here
+
 
 # %%
-expected_phase2 = phases[2]["total_params"]   # what the run measured on its phase-2 model
-if answer is None:
-    print("not answered yet: start from phases[1]['total_params'] and add, per block, the new experts and the router")
-else:
-    assert answer == expected_phase2, f"expected {expected_phase2:,}, got {answer:,}"
-    print(f"✓ {expected_phase2:,} parameters in phase 2")
-
-# %% [markdown]
-# **Exercise 3.** Keep the width factor at 2. What is the **smallest** number of new blocks
-# (`new_layers`) that gives phase 3 of the `laptop` preset more than 25 M parameters? Use
-# `configure("laptop", new_layers=...)` and `count_from_config` (instant: nothing is built), and put
-# the number in `answer`.
-
-# %%
-answer = None  # your code here
-
-# %%
-TARGET = 25_000_000
-
-
-def phase3_total(new_layers: int, width_factor: int = 2) -> int:
-    grown_cfg = configure("laptop", width_factor=width_factor, new_layers=new_layers).phase_configs()[2]
-    return count_from_config(grown_cfg).total
-
-
-expected_new_layers = next(m for m in range(0, 64) if phase3_total(m) > TARGET)
-if answer is None:
-    print("not answered yet: loop over new_layers = 0, 1, 2, ... until the phase-3 total passes 25 M")
-else:
-    assert answer == expected_new_layers, f"expected {expected_new_layers}, got {answer}"
-    print(f"✓ {expected_new_layers} new blocks: {phase3_total(expected_new_layers) / 1e6:.2f} M parameters "
-          f"({phase3_total(expected_new_layers - 1) / 1e6:.2f} M with one fewer)")
+check("expert_load_share", expert_load_share)
