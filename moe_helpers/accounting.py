@@ -220,6 +220,20 @@ def kv_cache_bytes(cfg: ModelConfig, batch_size: int, seq_len: int, dtype=torch.
     return 2 * cfg.n_layers * batch_size * cfg.kv_heads * cfg.head_size * positions * bytes_per_value
 
 
+def all_to_all_bytes(tokens: int, top_k: int, d_model: int, bytes_per_value: int, ranks: int) -> float:
+    """Bytes one expert-parallel MoE layer sends between ranks in a forward pass, expected
+    value over uniform routing, all ranks together:
+
+        2 x tokens x top_k x d_model x bytes x (1 - 1/ranks)
+
+    ``tokens`` token slots x ``top_k`` go out (dispatch) and come back (combine), a
+    ``d_model`` vector each; with balanced routing a share 1/ranks of them has its
+    expert on its own rank and never travels.  The backward pass sends as much again."""
+    if ranks < 1:
+        raise ValueError(f"ranks must be >= 1, got {ranks}")
+    return 2 * tokens * top_k * d_model * bytes_per_value * (1 - 1 / ranks)
+
+
 def activation_values_per_token(cfg: ModelConfig) -> int:
     """Values autograd keeps per token for the backward pass (no recomputation).
 
