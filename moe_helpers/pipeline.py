@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 
 from .accounting import count_parameters, phase_banner, training_memory
+from .distributed import DataParallel, full_state_dict
 from .config import PRECISIONS, ModelConfig, Preset, preset, preset_names
 from .data import prepare_preset_data
 from .growth import grow, preservation_report, upcycle
@@ -125,9 +126,11 @@ def _settings(chosen: Preset, data_source: str) -> dict:
 class Run:
     """One three-phase run writing into ``out``."""
 
-    def __init__(self, chosen: Preset, out: Path, data_source: str, progress: bool = True):
-        self.chosen, self.out, self.progress = chosen, Path(out), progress
-        self.device = pick_device(chosen.train.device)
+    def __init__(self, chosen: Preset, out: Path, data_source: str, progress: bool = True,
+                 parallel: DataParallel | None = None):
+        self.chosen, self.out, self.progress, self.parallel = chosen, Path(out), progress, parallel
+        self.is_main = parallel is None or parallel.is_main       # the rank that prints and writes
+        self.device = pick_device(chosen.train.device) if parallel is None else parallel.device
         self.configs = chosen.phase_configs()
         self.checkpoints = self.out / "checkpoints"
         self.data_source = data_source
@@ -139,12 +142,16 @@ class Run:
     # ---- files
     def _payload(self, model: GPT, phase: int, completed: bool, train_state: dict | None) -> dict:
         return {"phase": phase, "completed": completed, "model_config": dataclasses.asdict(model.cfg),
-                "model": model.state_dict(), "train_state": train_state, "history": self.history.records,
+                "model": full_state_dict(model), "train_state": train_state, "history": self.history.records,
                 "summary": self.summary, "pending_jump": self.pending_jump,
                 "settings": _settings(self.chosen, self.data_source)}
 
     def write_checkpoint(self, model: GPT, phase: int, completed: bool, train_state: dict | None = None):
+        """Every rank calls it (a sharded model's weights are gathered); rank 0 writes.  The file
+        is the same whatever the number of ranks, so a run can resume with another number."""
         payload = self._payload(model, phase, completed, train_state)
+        if not self.is_main:
+            return
         save_checkpoint(self.checkpoints / "latest.pt", payload)
         if completed:
             save_checkpoint(self.checkpoints / f"phase{phase}.pt", payload)
@@ -208,7 +215,7 @@ class Run:
     def transition(self, model: GPT, phase: int) -> GPT:
         """Upcycle (phase 2) or grow (phase 3), measuring the jump on fixed held-out batches
         in float32 whatever the training precision."""
-        chosen, train = self.chosen, self.chosen.train
+        chosen, train = self.chosen, self.chosen.train.replace(device=str(self.device))
         if phase == 2:
             grown = upcycle(model, chosen.num_experts, chosen.top_k, seed=train.seed)
         else:
@@ -232,19 +239,28 @@ class Run:
         return grown
 
     def train(self, model: GPT, phase: int, train_state: dict | None) -> GPT:
+        """Train one phase; returns the trained model, plain (unsharded) on every rank."""
         train = self.chosen.train
         counts = count_parameters(model)
         print_banner(self.chosen, phase, counts, self.device)
-        train_phase(model, self.data, train.replace(seed=train.seed + phase), phase, history=self.history,
-                    progress=self.progress, resume=train_state,
-                    on_checkpoint=lambda state: self.write_checkpoint(model, phase, False, state))
+        settings = train.replace(seed=train.seed + phase)
+        if self.parallel is not None:
+            settings = settings.replace(device=str(self.device))
+            model = self.parallel.shard(model)
+        train_phase(model, self.data, settings, phase, history=self.history,
+                    progress=self.progress and self.is_main, verbose=self.is_main, resume=train_state,
+                    on_checkpoint=lambda state: self.write_checkpoint(model, phase, False, state),
+                    parallel=self.parallel)
+        if self.parallel is not None:
+            model = self.parallel.gather(model)
         records = [r for r in self.history.records if r["phase"] == phase]
         evaluated = [r for r in records if r["val_loss"] is not None]
         phase_seconds = records[-1]["seconds"]
         tokens = train.steps(phase) * train.batch_size * train.seq_len
-        story = self.sample_story(model)
-        (self.out / f"story_phase{phase}.txt").write_text(story + "\n")
-        print(f"\n  Story after phase {phase}:\n  {story[:400]}\n")
+        if self.is_main:
+            story = self.sample_story(model)
+            (self.out / f"story_phase{phase}.txt").write_text(story + "\n")
+            print(f"\n  Story after phase {phase}:\n  {story[:400]}\n")
         start_val, final_val = evaluated[0]["val_loss"], evaluated[-1]["val_loss"]
         print(f"  Phase {phase} validation loss: {start_val:.3f} \u2192 {final_val:.3f} "
               f"({final_val - start_val:+.3f} nats)\n")
@@ -257,7 +273,8 @@ class Run:
         self.pending_jump = None
         self.summary.append(entry)
         self.write_checkpoint(model, phase, completed=True)
-        self.export_hf(model, phase)
+        if self.is_main:
+            self.export_hf(model, phase)
         return model
 
     def export_hf(self, model: GPT, phase: int) -> Path | None:
@@ -285,11 +302,13 @@ class Run:
 
 
 def run_pipeline(preset_name: str = "laptop", data: str = "auto", out="runs/laptop", *, resume: bool = False,
-                 progress: bool = True, **overrides) -> dict:
+                 progress: bool = True, parallel: DataParallel | None = None, **overrides) -> dict:
     """Run (or resume) the three phases; returns the summary written to ``out/summary.json``.
 
     ``overrides``: the options of ``configure`` (experts, growth, and any
-    ``TrainConfig`` field such as ``steps_phase2``, ``device``, ``precision``)."""
+    ``TrainConfig`` field such as ``steps_phase2``, ``device``, ``precision``).
+    ``parallel``: this process's rank under ``torchrun`` (data parallel, FSDP2);
+    every rank runs this function, rank 0 alone writes."""
     chosen = configure(preset_name, **overrides)
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not resume:
@@ -300,20 +319,32 @@ def run_pipeline(preset_name: str = "laptop", data: str = "auto", out="runs/lapt
     if data not in DATA_CHOICES and not Path(data).exists():
         raise RunError(f"unknown data source {data!r}: choose {', '.join(DATA_CHOICES)}, an existing file path "
                        "or a hub-shaped folder")
-    run = Run(chosen, out, data, progress)
+    if parallel is not None:
+        parallel.check_batch(chosen.train.micro_batch_size)
+    run = Run(chosen, out, data, progress, parallel)
     model, phase, train_state = run.start(resume)       # reads the checkpoint before anything is written
-    (out / "checkpoints").mkdir(parents=True, exist_ok=True)
-    run.data = prepare_preset_data(chosen, data)
+    if parallel is not None:
+        parallel.barrier()                              # every rank has checked `out` before rank 0 writes
+    if run.is_main:
+        (out / "checkpoints").mkdir(parents=True, exist_ok=True)
+        run.data = prepare_preset_data(chosen, data)    # rank 0 prepares the token cache ...
+    if parallel is not None:
+        parallel.barrier()
+        if not run.is_main:                             # ... the others open it
+            run.data = prepare_preset_data(chosen, data)
     if run.data.tokenizer.vocab_size > chosen.model.vocab_size:
         raise RunError(f"the tokenizer has {run.data.tokenizer.vocab_size} tokens, more than the model's "
                        f"vocab_size {chosen.model.vocab_size}")
-    run.data.tokenizer.save(out / TOKENIZER_FILE)        # for `export` and for reading the run later
+    if run.is_main:
+        run.data.tokenizer.save(out / TOKENIZER_FILE)   # for `export` and for reading the run later
     model.to(run.device)
     while phase <= 3:
         if model.cfg != run.configs[phase - 1]:
             model = run.transition(model, phase)
-        run.train(model, phase, train_state)
+        model = run.train(model, phase, train_state)
         phase, train_state = phase + 1, None
+    if not run.is_main:
+        return {}
     run.write_plots()
     return run.write_summary(ok=True)
 
@@ -414,11 +445,15 @@ def main(argv=None) -> int:
                      lr_phase3=args.lr_phase3, log_every=args.log_every, seed=args.seed, device=args.device,
                      precision=args.precision, grad_accum=args.grad_accum)
     out = args.out or f"runs/{args.preset}"
+    parallel = None if args.dry_run else DataParallel.from_environment()
+    if parallel is not None and not parallel.is_main:
+        sys.stdout = open(os.devnull, "w")              # rank 0 alone prints (errors still reach stderr)
     try:
         if args.dry_run:
             dry_run(configure(args.preset, **overrides))
             return 0
-        run_pipeline(args.preset, args.data, out, resume=args.resume, progress=not args.no_progress, **overrides)
+        run_pipeline(args.preset, args.data, out, resume=args.resume, progress=not args.no_progress,
+                     parallel=parallel, **overrides)
     except KeyboardInterrupt:
         print(f"\nInterrupted. A checkpoint is in {out}/checkpoints; continue with --resume.", file=sys.stderr)
         return 130
@@ -431,6 +466,9 @@ def main(argv=None) -> int:
     except (RunError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    finally:
+        if parallel is not None:
+            torch.distributed.destroy_process_group()
     print(f"\nDone: metrics, plots, stories, summary, checkpoints and the transformers export (hf/) "
           f"are in {out}/")
     return 0

@@ -186,6 +186,19 @@ class LogWindow:
         return {"train_loss": self.loss_sum.item() / batches, "aux_loss": self.aux_sum.item() / batches,
                 "expert_load": loads}
 
+    def over_ranks(self, parallel) -> "LogWindow":
+        """Data parallelism: a window holding every rank's forward passes (each rank saw a
+        slice of every micro-batch): sums and counts added over the ranks, so that
+        ``summary`` averages the loss over all of them.  Every rank must call it."""
+        if parallel is None:
+            return self
+        totals = LogWindow(self.device, self.state())
+        batches = torch.tensor(float(self.batches), device=self.device)
+        for tensor in (totals.loss_sum, totals.aux_sum, batches, *totals.expert_counts):
+            parallel.all_reduce_sum_(tensor)
+        totals.batches = int(batches.item())
+        return totals
+
     def state(self) -> dict:
         """Plain numbers, for a checkpoint."""
         return {"loss_sum": self.loss_sum.item(), "aux_sum": self.aux_sum.item(), "batches": self.batches,
@@ -195,7 +208,7 @@ class LogWindow:
 def train_phase(model: nn.Module, data: TokenData, config: TrainConfig, phase: int = 1, *,
                 history: History | None = None, use_aux_loss: bool = True, progress: bool = True,
                 verbose: bool = True, resume: dict | None = None, on_checkpoint=None,
-                on_log=None) -> History:
+                on_log=None, parallel=None) -> History:
     """Train ``model`` for ``config.steps(phase)`` optimiser steps at peak
     learning rate ``config.lr(phase)`` and return the ``History``.
 
@@ -222,26 +235,38 @@ def train_phase(model: nn.Module, data: TokenData, config: TrainConfig, phase: i
 
     Host reads happen at log steps and once per optimiser step (the finite-loss
     check, so that a NaN stops the run before it reaches the weights).
+
+    ``parallel`` (a ``distributed.DataParallel``, under ``torchrun``): ``model`` is
+    sharded with FSDP2 and every rank draws the same global micro-batches and
+    trains on its own slice of each; losses, expert counts and the finite-loss
+    check are reduced over the ranks, so every rank logs the same numbers and an
+    optimiser step sees the same mean gradient as a single process would.
     """
     from tqdm.auto import tqdm
 
+    from .distributed import load_optimizer_state, optimizer_state, parameter_names
+
     steps, lr = config.steps(phase), config.lr(phase)
-    device = pick_device(config.device)
+    device = pick_device(config.device) if parallel is None else parallel.device
+    if parallel is not None:
+        parallel.check_batch(config.micro_batch_size)
     precision = resolve_precision(config.precision, device)
     history = History() if history is None else history
     model.to(device).train()
     optimizer = make_optimizer(model, lr, config.weight_decay)
+    param_names = parameter_names(model, optimizer)      # checkpoints key the optimiser state by name
     batch_generator = torch.Generator().manual_seed(config.seed)
     if resume is None:
         torch.manual_seed(config.seed)
         first_step, seconds_before, window = 0, 0.0, LogWindow(device)
         phase_start_step, phase_start_tokens = history.global_steps, history.tokens
     else:
-        optimizer.load_state_dict(resume["optimizer"])
+        load_optimizer_state(optimizer, param_names, resume["optimizer"])
         batch_generator.set_state(resume["batch_rng"])
         torch.set_rng_state(resume["torch_rng"])
         first_step, seconds_before = resume["step"] + 1, resume["seconds"]
-        window = LogWindow(device, resume["window"])
+        # the saved window holds every rank's passes: one rank carries it on (over_ranks adds them up)
+        window = LogWindow(device, resume["window"] if parallel is None or parallel.is_main else None)
         phase_start_step, phase_start_tokens = resume["phase_start_step"], resume["phase_start_tokens"]
     moe_layers = list(getattr(model, "moe_layers", []))   # the layers behind out.routing, in order
     is_moe = bool(moe_layers)
@@ -249,11 +274,13 @@ def train_phase(model: nn.Module, data: TokenData, config: TrainConfig, phase: i
     elapsed = lambda: seconds_before + time.perf_counter() - started  # noqa: E731
 
     def snapshot(step: int) -> dict:
-        return {"step": step, "optimizer": optimizer.state_dict(), "batch_rng": batch_generator.get_state(),
-                "torch_rng": torch.get_rng_state(), "window": window.state(), "seconds": elapsed(),
+        return {"step": step, "optimizer": optimizer_state(optimizer, param_names), "batch_rng": batch_generator.get_state(),
+                "torch_rng": torch.get_rng_state(), "window": window.over_ranks(parallel).state(), "seconds": elapsed(),
                 "phase_start_step": phase_start_step, "phase_start_tokens": phase_start_tokens}
 
     def forward(inputs, targets):
+        if parallel is not None:                          # this rank's rows of the global micro-batch
+            inputs, targets = parallel.my_slice(inputs, targets)
         with autocast(precision, device):
             return model(inputs, targets)
 
@@ -275,6 +302,9 @@ def train_phase(model: nn.Module, data: TokenData, config: TrainConfig, phase: i
                     step_objective += objective.detach()
                     window.add(out)
                     step_loads = [load + stats.tokens_per_expert for load, stats in zip(step_loads, out.routing)]
+                if parallel is not None:   # every rank stops together, or none does
+                    parallel.all_reduce_sum_(step_objective)
+                    step_loads = [parallel.all_reduce_sum_(load) for load in step_loads]
                 if not torch.isfinite(step_objective):
                     raise FloatingPointError(f"loss is {step_objective.item()} at step {step} of phase {phase}")
                 if config.grad_clip > 0:
@@ -290,6 +320,7 @@ def train_phase(model: nn.Module, data: TokenData, config: TrainConfig, phase: i
                         for _ in range(config.grad_accum):
                             window.add(forward(*data.batch("train", config.micro_batch_size, config.seq_len,
                                                            device, measuring)))
+                window = window.over_ranks(parallel)
                 val_loss = (evaluate_config(model, data, config, precision) if is_eval else None)
                 record = {
                     "phase": phase, "step": step, "global_step": phase_start_step + step,

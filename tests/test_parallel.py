@@ -7,6 +7,7 @@ torchrun's ``--standalone`` picks a free port, and the processes end with the te
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -43,3 +44,95 @@ def test_all_to_all_bytes_formula():
     assert all_to_all_bytes(1000, 2, 64, 2, 4) == 2 * 1000 * 2 * 64 * 2 * 0.75
     with pytest.raises(ValueError, match="ranks"):
         all_to_all_bytes(1000, 2, 64, 2, 0)
+
+
+def test_fsdp2_training_and_its_optimizer_state_equal_one_process():
+    """Three AdamW steps sharded over 2 ranks = one process on the whole batch (float64, 1e-8), and
+    the optimiser state saved by either resumes in the other: see fsdp_check.py."""
+    result = torchrun("fsdp_check.py", 2)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "FSDP2 OK on 2 ranks" in result.stdout
+
+
+# ------------------------------------------------------- the three-phase run
+FAST = ["--preset", "tiny", "--no-progress", "--steps-phase1", "30", "--steps-phase2", "20",
+        "--steps-phase3", "20", "--log-every", "1"]
+MODULE = str(ROOT / "moe_helpers")
+
+
+def train(out: Path, processes: int, *extra: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    """``python -m moe_helpers train`` in one process, or under torchrun in several."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", HF_HUB_OFFLINE="1",
+               HF_DATASETS_OFFLINE="1")
+    launcher = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}"]
+                if processes > 1 else [sys.executable])
+    command = [*launcher, "-m", "moe_helpers", "train", *FAST, "--out", str(out), *extra]
+    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def records(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def layout(out: Path) -> list[str]:
+    return sorted(str(path.relative_to(out)) for path in out.rglob("*") if path.is_file())
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, shared_token_cache):
+    """The same tiny three-phase run in one process and in two."""
+    folder = tmp_path_factory.mktemp("parallel")
+    finished = {}
+    for processes in (1, 2):
+        result = train(folder / f"{processes}", processes)
+        assert result.returncode == 0, result.stderr[-3000:]
+        finished[processes] = (folder / f"{processes}", result.stdout)
+    return finished
+
+
+@pytest.fixture(scope="module")
+def shared_token_cache(tmp_path_factory):
+    """One token cache for the module's runs, in a temporary folder."""
+    previous = os.environ.get("MOE_COURSE_CACHE")
+    os.environ["MOE_COURSE_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    yield
+    if previous is None:
+        os.environ.pop("MOE_COURSE_CACHE")
+    else:
+        os.environ["MOE_COURSE_CACHE"] = previous
+
+
+def test_two_processes_track_one_and_write_the_same_outputs(runs):
+    (one, _), (two, stdout) = runs[1], runs[2]
+    a, b = records(one), records(two)
+    assert [r["global_step"] for r in a] == [r["global_step"] for r in b]
+    gaps = [abs(x["train_loss"] - y["train_loss"]) for x, y in zip(a, b)]
+    assert max(gaps) <= 1e-3, max(gaps)                          # measured 3.4e-4 (aux losses are per rank)
+    summary = json.loads((two / "summary.json").read_text())
+    assert [abs(p["jump"]) < 1e-4 for p in summary["phases"][1:]] == [True, True]
+    assert layout(one) == layout(two)
+    assert stdout.count("Total Parameters:") == 3                 # rank 0 alone prints
+
+
+def _resume_from(source: Path, phase: int, target: Path) -> None:
+    """A run folder whose newest checkpoint is ``source``'s end of ``phase``."""
+    (target / "checkpoints").mkdir(parents=True)
+    (target / "checkpoints" / "latest.pt").write_bytes((source / "checkpoints" / f"phase{phase}.pt").read_bytes())
+
+
+@pytest.mark.parametrize("started, resumed", [(2, 1), (1, 2)])
+def test_a_run_resumes_with_another_number_of_processes(runs, tmp_path, started, resumed):
+    source = runs[started][0]
+    _resume_from(source, 1, tmp_path / "resumed")
+    result = train(tmp_path / "resumed", resumed, "--resume")
+    assert result.returncode == 0, result.stderr[-3000:]
+    continued = [r for r in records(tmp_path / "resumed") if r["phase"] > 1]
+    original = [r for r in records(source) if r["phase"] > 1]
+    gaps = [abs(x["train_loss"] - y["train_loss"]) for x, y in zip(continued, original)]
+    assert len(continued) == len(original) and max(gaps) <= 1e-3, max(gaps)
+
+
+def test_a_batch_that_does_not_split_over_the_ranks_is_refused(tmp_path):
+    result = train(tmp_path / "odd", 2, "--grad-accum", "8")        # micro-batches of 1 sequence, 2 ranks
+    assert result.returncode != 0
+    assert "micro-batch of 1 sequences does not split over 2 ranks" in result.stderr
