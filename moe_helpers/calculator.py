@@ -18,8 +18,8 @@ import ipywidgets as widgets
 from IPython.display import display
 from matplotlib.figure import Figure
 
-from .accounting import (PARTS, Flops, Memory, ParameterCounts, count_from_config, flops_per_token,
-                         memory_bytes)
+from .accounting import (PARTS, Flops, Memory, ParameterCounts, all_to_all_bytes, count_from_config,
+                         flops_per_token, memory_bytes)
 from .config import ModelConfig, preset
 from .real_models import PUBLISHED_MODELS
 from .widget_rendering import RenderLoop, figure_png, name_for_css
@@ -28,6 +28,9 @@ CALCULATOR_FIELDS = ("vocab_size", "d_model", "n_layers", "n_heads", "d_ff",
                      "num_experts", "top_k", "num_shared_experts")
 
 DTYPES = ("float32", "bfloat16", "float16")
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+ALL_TO_ALL_TOKENS = 1000                 # the all-to-all line counts bytes per thousand tokens
+MAX_EXPERT_RANKS = 8                     # ... with the experts spread over at most 8 ranks (one node)
 CALCULATOR_FIGSIZE = (9.0, 4.6)          # inches; 900 x 460 pixels
 MEMORY_COLORS = {"weights": "#4d4d4d", "gradients": "#969696", "optimizer state": "#cccccc"}
 
@@ -118,6 +121,8 @@ class CalculatorSummary:
     seq_len: int
     dtype: str
     optimizer: str
+    expert_ranks: int = 1           # ranks the experts are spread over (expert parallelism)
+    all_to_all: float = 0.0         # bytes per MoE layer per ALL_TO_ALL_TOKENS tokens, forward pass
 
     def text(self) -> str:
         """The summary as a few aligned lines."""
@@ -131,20 +136,37 @@ class CalculatorSummary:
             f"memory, inference     {_human(self.inference_memory.total)}B  ({self.dtype} weights)",
             f"memory, training      {_human(self.training_memory.total)}B  ({self.dtype} weights and"
             f" gradients, float32 {self.optimizer} state)",
+            self._all_to_all_line(),
         ])
+
+    def _all_to_all_line(self) -> str:
+        if self.expert_ranks <= 1:
+            return "all-to-all            none: no experts to spread over ranks"
+        return (f"all-to-all            {_human(self.all_to_all)}B per MoE layer per {ALL_TO_ALL_TOKENS:,} tokens,"
+                f" forward ({self.dtype}, experts over {self.expert_ranks} ranks)")
 
 
 def calculator_summary(cfg: ModelConfig, seq_len: int = 256, dtype: str = "bfloat16",
                        optimizer: str = "adamw") -> CalculatorSummary:
     """Counts, active parts, FLOPs per token and memory of ``cfg`` (no allocation)."""
     counts = count_from_config(cfg)
+    ranks = expert_ranks(cfg)
     return CalculatorSummary(
         config=cfg, counts=counts, active_parts=active_by_part(counts),
         flops=flops_per_token(cfg, seq_len),
         training_memory=memory_bytes(cfg, dtype, optimizer),
         inference_memory=memory_bytes(cfg, dtype, optimizer=None),
-        seq_len=seq_len, dtype=dtype, optimizer=optimizer,
+        seq_len=seq_len, dtype=dtype, optimizer=optimizer, expert_ranks=ranks,
+        all_to_all=all_to_all_bytes(ALL_TO_ALL_TOKENS, cfg.top_k, cfg.d_model, DTYPE_BYTES[dtype], ranks)
+        if ranks > 1 else 0.0,
     )
+
+
+def expert_ranks(cfg: ModelConfig) -> int:
+    """Ranks the calculator spreads the experts over: the largest divisor of ``num_experts``
+    up to ``MAX_EXPERT_RANKS`` (1 for a dense model)."""
+    return max((r for r in range(1, MAX_EXPERT_RANKS + 1) if cfg.num_experts % r == 0), default=1) \
+        if cfg.num_experts else 1
 
 
 # ================================================================ the figure

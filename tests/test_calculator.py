@@ -215,3 +215,18 @@ def test_python_finishes_a_redraw_before_it_exits():
     finished = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert finished.returncode == 0, finished.stderr[-2000:]
     assert finished.stdout.strip() == "drawn: True True"
+
+
+def test_the_all_to_all_line_uses_the_accounting_formula():
+    from moe_helpers.accounting import all_to_all_bytes
+    from moe_helpers.calculator import expert_ranks
+
+    mixtral = PRESETS["Mixtral-8x7B"]                                    # 8 experts, top-2, d_model 4096
+    summary = calculator_summary(mixtral, dtype="bfloat16")
+    assert expert_ranks(mixtral) == 8
+    assert summary.all_to_all == all_to_all_bytes(1000, 2, 4096, 2, 8) == 2 * 1000 * 2 * 4096 * 2 * 7 / 8
+    assert summary.text().splitlines()[-1] == ("all-to-all              28.67 MB per MoE layer per 1,000 tokens, "
+                                               "forward (bfloat16, experts over 8 ranks)")
+    assert expert_ranks(PRESETS["DeepSeekMoE-16B"]) == 8 and expert_ranks(PRESETS["Phi-3.5-MoE"]) == 8
+    assert expert_ranks(calculator_config(PRESETS["laptop phase 2"], num_experts=6)) == 6
+    assert calculator_summary(PRESETS["laptop phase 1"]).text().splitlines()[-1].endswith("no experts to spread over ranks")
