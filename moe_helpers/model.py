@@ -60,7 +60,8 @@ class Block(nn.Module):
 
     @property
     def is_moe(self) -> bool:
-        return isinstance(self.ffn, MoELayer)
+        """An MoE block: an ``MoELayer``, or its expert-parallel share (``parallel.ExpertParallelMoE``)."""
+        return not isinstance(self.ffn, FeedForward)
 
     def forward(self, x: torch.Tensor, cache: LayerKVCache | None = None, with_routing: bool = True):
         """(B, T, d_model) -> (B, T, d_model), and the MoE layer's ``RoutingStats`` (None when

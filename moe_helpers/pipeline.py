@@ -320,6 +320,7 @@ def run_pipeline(preset_name: str = "laptop", data: str = "auto", out="runs/lapt
         raise RunError(f"unknown data source {data!r}: choose {', '.join(DATA_CHOICES)}, an existing file path "
                        "or a hub-shaped folder")
     if parallel is not None:
+        parallel.check_experts(chosen.num_experts)
         parallel.check_batch(chosen.train.micro_batch_size)
     run = Run(chosen, out, data, progress, parallel)
     model, phase, train_state = run.start(resume)       # reads the checkpoint before anything is written
@@ -414,6 +415,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="print the three phase banners from meta-device models and exit")
     train.add_argument("--seed", type=int, help="random seed (default: the preset's)")
     train.add_argument("--no-progress", action="store_true", help="no progress bars (log lines only)")
+    train.add_argument("--expert-parallel", action="store_true",
+                       help="under torchrun: each rank keeps experts / ranks whole experts and token slots travel "
+                            "to them (all-to-all); everything else is sharded with FSDP2")
     export = commands.add_parser("export", help="save a run's model for Hugging Face transformers",
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     export.add_argument("run_dir", help="the --out folder of a train run")
@@ -445,7 +449,11 @@ def main(argv=None) -> int:
                      lr_phase3=args.lr_phase3, log_every=args.log_every, seed=args.seed, device=args.device,
                      precision=args.precision, grad_accum=args.grad_accum)
     out = args.out or f"runs/{args.preset}"
-    parallel = None if args.dry_run else DataParallel.from_environment()
+    parallel = None if args.dry_run else DataParallel.from_environment(args.expert_parallel)
+    if args.expert_parallel and parallel is None and not args.dry_run:
+        print("error: --expert-parallel needs several processes: launch with torchrun --nproc-per-node N "
+              "(N >= 2)", file=sys.stderr)
+        return 2
     if parallel is not None and not parallel.is_main:
         sys.stdout = open(os.devnull, "w")              # rank 0 alone prints (errors still reach stderr)
     try:

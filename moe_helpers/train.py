@@ -307,8 +307,12 @@ def train_phase(model: nn.Module, data: TokenData, config: TrainConfig, phase: i
                     step_loads = [parallel.all_reduce_sum_(load) for load in step_loads]
                 if not torch.isfinite(step_objective):
                     raise FloatingPointError(f"loss is {step_objective.item()} at step {step} of phase {phase}")
-                if config.grad_clip > 0:
+                if parallel is not None:
+                    parallel.finish_gradients(model)
+                if config.grad_clip > 0 and parallel is None:
                     nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+                elif config.grad_clip > 0:
+                    parallel.clip_grad_norm_(model, config.grad_clip)
                 optimizer.step()
                 for layer, load in zip(moe_layers, step_loads):   # aux-loss-free balancing
                     layer.update_expert_bias(load)

@@ -47,11 +47,13 @@ def test_all_to_all_bytes_formula():
 
 
 def test_fsdp2_training_and_its_optimizer_state_equal_one_process():
-    """Three AdamW steps sharded over 2 ranks = one process on the whole batch (float64, 1e-8), and
-    the optimiser state saved by either resumes in the other: see fsdp_check.py."""
+    """Three AdamW steps sharded over 2 ranks = one process on the whole batch (float64, 1e-8), with
+    and without expert parallelism, and the optimiser state saved by either resumes in the other:
+    see fsdp_check.py."""
     result = torchrun("fsdp_check.py", 2)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "FSDP2 OK on 2 ranks" in result.stdout
+    assert "expert parallel + FSDP2 OK on 2 ranks" in result.stdout
 
 
 # ------------------------------------------------------- the three-phase run
@@ -80,13 +82,13 @@ def layout(out: Path) -> list[str]:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, shared_token_cache):
-    """The same tiny three-phase run in one process and in two."""
+    """The same tiny three-phase run in one process, in two (FSDP2) and in two with expert parallelism."""
     folder = tmp_path_factory.mktemp("parallel")
     finished = {}
-    for processes in (1, 2):
-        result = train(folder / f"{processes}", processes)
+    for name, processes, extra in ((1, 1, ()), (2, 2, ()), ("ep", 2, ("--expert-parallel",))):
+        result = train(folder / f"{name}", processes, *extra)
         assert result.returncode == 0, result.stderr[-3000:]
-        finished[processes] = (folder / f"{processes}", result.stdout)
+        finished[name] = (folder / f"{name}", result.stdout)
     return finished
 
 
@@ -114,20 +116,31 @@ def test_two_processes_track_one_and_write_the_same_outputs(runs):
     assert stdout.count("Total Parameters:") == 3                 # rank 0 alone prints
 
 
+def test_expert_parallel_run_tracks_one_process(runs):
+    """Its aux losses use global statistics, so it follows the single process even more closely."""
+    (one, _), (ep, stdout) = runs[1], runs["ep"]
+    gaps = [abs(x["train_loss"] - y["train_loss"]) for x, y in zip(records(one), records(ep))]
+    assert len(gaps) == len(records(one)) and max(gaps) <= 1e-4, max(gaps)     # measured 1e-6
+    summary = json.loads((ep / "summary.json").read_text())
+    assert [abs(p["jump"]) < 1e-4 for p in summary["phases"][1:]] == [True, True]
+    assert layout(one) == layout(ep)
+    assert stdout.count("Total Parameters:") == 3
+
+
 def _resume_from(source: Path, phase: int, target: Path) -> None:
     """A run folder whose newest checkpoint is ``source``'s end of ``phase``."""
     (target / "checkpoints").mkdir(parents=True)
     (target / "checkpoints" / "latest.pt").write_bytes((source / "checkpoints" / f"phase{phase}.pt").read_bytes())
 
 
-@pytest.mark.parametrize("started, resumed", [(2, 1), (1, 2)])
-def test_a_run_resumes_with_another_number_of_processes(runs, tmp_path, started, resumed):
+@pytest.mark.parametrize("started, resumed, phase", [(2, 1, 1), (1, 2, 1), ("ep", 1, 2)])
+def test_a_run_resumes_with_another_number_of_processes(runs, tmp_path, started, resumed, phase):
     source = runs[started][0]
-    _resume_from(source, 1, tmp_path / "resumed")
+    _resume_from(source, phase, tmp_path / "resumed")
     result = train(tmp_path / "resumed", resumed, "--resume")
     assert result.returncode == 0, result.stderr[-3000:]
-    continued = [r for r in records(tmp_path / "resumed") if r["phase"] > 1]
-    original = [r for r in records(source) if r["phase"] > 1]
+    continued = [r for r in records(tmp_path / "resumed") if r["phase"] > phase]
+    original = [r for r in records(source) if r["phase"] > phase]
     gaps = [abs(x["train_loss"] - y["train_loss"]) for x, y in zip(continued, original)]
     assert len(continued) == len(original) and max(gaps) <= 1e-3, max(gaps)
 
@@ -136,3 +149,11 @@ def test_a_batch_that_does_not_split_over_the_ranks_is_refused(tmp_path):
     result = train(tmp_path / "odd", 2, "--grad-accum", "8")        # micro-batches of 1 sequence, 2 ranks
     assert result.returncode != 0
     assert "micro-batch of 1 sequences does not split over 2 ranks" in result.stderr
+
+
+def test_expert_parallel_needs_processes_and_experts_that_divide(tmp_path):
+    alone = train(tmp_path / "alone", 1, "--expert-parallel")
+    assert alone.returncode == 2 and "--expert-parallel needs several processes" in alone.stderr
+    three = train(tmp_path / "three", 3, "--expert-parallel")                # the tiny preset has 4 experts
+    assert three.returncode != 0
+    assert "num_experts (4) must be divisible by the number of ranks (3)" in three.stderr

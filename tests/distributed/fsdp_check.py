@@ -8,6 +8,7 @@ into a fresh FSDP2 one, and one more step from each must agree again.
 """
 
 import copy
+import dataclasses
 import sys
 
 import torch
@@ -29,11 +30,16 @@ def check(condition: bool, message: str) -> None:
         sys.exit(1)
 
 
-def step(model, optimizer, inputs, targets) -> float:
+def step(model, optimizer, inputs, targets, parallel=None) -> float:
+    """One AdamW step as ``train_phase`` takes it (one process, or one rank's slice)."""
     optimizer.zero_grad(set_to_none=True)
     out = model(inputs, targets)
     (out.loss + out.aux_loss).backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    if parallel is None:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    else:
+        parallel.finish_gradients(model)
+        parallel.clip_grad_norm_(model, 1.0)
     optimizer.step()
     return out.loss.detach()
 
@@ -47,25 +53,30 @@ def optimizer_gap(a: dict, b: dict) -> float:
                for name in a["state"] for key in ("exp_avg", "exp_avg_sq"))
 
 
-def main() -> None:
-    parallel = DataParallel.from_environment()
+def compare(parallel: DataParallel) -> None:
     torch.manual_seed(0)
-    # aux losses off: under data parallelism each rank balances its own slice of the batch, a
-    # (slightly) different objective from one process balancing the whole batch
-    cfg = preset("tiny").model.replace(num_experts=4, top_k=2, aux_loss_coef=0.0, z_loss_coef=0.0)
+    cfg = preset("tiny").model.replace(num_experts=4, top_k=2, bias_update_rate=0.0)
+    if not parallel.expert_parallel:
+        # aux losses off: under data parallelism each rank balances its own slice of the batch, a
+        # (slightly) different objective from one process balancing the whole batch (expert
+        # parallelism computes them on global statistics, so there they stay on)
+        cfg = cfg.replace(aux_loss_coef=0.0, z_loss_coef=0.0)
     reference = GPT(cfg).double()          # float64: any difference above rounding is a bug
     sharded = parallel.shard(copy.deepcopy(reference))
     reference_optimizer = make_optimizer(reference, 1e-2, 0.1)
     sharded_optimizer = make_optimizer(sharded, 1e-2, 0.1)
     reference_names = parameter_names(reference, reference_optimizer)
     sharded_names = parameter_names(sharded, sharded_optimizer)
-    check(reference_names == sharded_names, "parameter names differ between the plain and the sharded model")
+    if parallel.expert_parallel:   # this rank's experts only, under the full model's names
+        check(set(sharded_names) < set(reference_names), "expert-parallel names are not the full model's")
+    else:
+        check(reference_names == sharded_names, "parameter names differ between the plain and the sharded model")
     batches = [torch.randint(0, cfg.vocab_size, (8, 17), generator=torch.Generator().manual_seed(seed))
                for seed in range(4)]
     for batch in batches[:3]:
         inputs, targets = batch[:, :-1], batch[:, 1:]
         expected = step(reference, reference_optimizer, inputs, targets)
-        mine = step(sharded, sharded_optimizer, *parallel.my_slice(inputs, targets))
+        mine = step(sharded, sharded_optimizer, *parallel.my_slice(inputs, targets), parallel=parallel)
         dist.all_reduce(mine)
         gap = abs(mine.item() / parallel.world - expected.item())
         check(gap < TOLERANCE, f"losses differ by {gap:.2e}")
@@ -87,12 +98,19 @@ def main() -> None:
     inputs, targets = batches[3][:, :-1], batches[3][:, 1:]
     step(reference, reference_optimizer, inputs, targets)
     step(plain, plain_optimizer, inputs, targets)
-    step(resharded, resharded_optimizer, *parallel.my_slice(inputs, targets))
+    step(resharded, resharded_optimizer, *parallel.my_slice(inputs, targets), parallel=parallel)
     gaps = (biggest_gap(plain.state_dict(), reference.state_dict()),
             biggest_gap(full_state_dict(resharded), reference.state_dict()))
     check(max(gaps) < WEIGHT_TOLERANCE, f"after resuming, one process / sharded differ by {gaps}")
     if parallel.is_main:
-        print(f"FSDP2 OK on {parallel.world} ranks", flush=True)
+        kind = "expert parallel + FSDP2" if parallel.expert_parallel else "FSDP2"
+        print(f"{kind} OK on {parallel.world} ranks", flush=True)
+
+
+def main() -> None:
+    parallel = DataParallel.from_environment()
+    compare(parallel)
+    compare(dataclasses.replace(parallel, expert_parallel=True))
     dist.destroy_process_group()
 
 
