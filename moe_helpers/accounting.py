@@ -275,6 +275,23 @@ def training_memory(cfg: ModelConfig, micro_batch_size: int, seq_len: int, preci
                           precision=precision)
 
 
+def fsdp_training_memory(cfg: ModelConfig, micro_batch_size: int, seq_len: int, ranks: int,
+                         precision: str = "bf16") -> TrainingMemory:
+    """``training_memory`` of one rank when ``ranks`` processes train data-parallel with FSDP2
+    (``torchrun ... -m moe_helpers train``): every weight, gradient and AdamW moment is split
+    ``ranks`` ways, and each rank runs ``micro_batch_size / ranks`` of the sequences of every
+    micro-batch.  The bf16 weight copies autocast keeps are counted whole (the upper bound)."""
+    if not (isinstance(ranks, int) and ranks >= 1):
+        raise ValueError(f"ranks must be an integer >= 1, got {ranks!r}")
+    if micro_batch_size % ranks:
+        raise ValueError(f"the micro-batch of {micro_batch_size} sequences does not split over {ranks} ranks")
+    one_rank = training_memory(cfg, micro_batch_size // ranks, seq_len, precision)
+    state = one_rank.state
+    shard = Memory(weights=state.weights // ranks, gradients=state.gradients // ranks,
+                   optimizer=state.optimizer // ranks)
+    return TrainingMemory(state=shard, activations=one_rank.activations, precision=precision)
+
+
 RULE = "=" * 60
 THIN_RULE = "  " + "\u2500" * 57
 

@@ -420,3 +420,35 @@ def test_parameter_breakdown_plot_shows_stored_and_used_parameters():
     assert sum(widths[:len(PARTS)]) == pytest.approx(summary.counts.total / 1e6)
     assert sum(widths[len(PARTS):]) == pytest.approx(summary.counts.active / 1e6)
     assert ax.get_title() and ax.get_xlabel().startswith("parameters")
+
+
+def test_fsdp_memory_splits_the_state_and_the_micro_batch():
+    from moe_helpers.accounting import fsdp_training_memory, training_memory
+
+    cfg = preset("seed").phase_configs()[2]
+    whole = training_memory(cfg, 32, 512, "bf16")
+    one = fsdp_training_memory(cfg, 32, 512, 1)
+    assert one.total == whole.total
+    four = fsdp_training_memory(cfg, 32, 512, 4)
+    assert four.state.total == whole.state.total // 4
+    assert four.activations == training_memory(cfg, 8, 512, "bf16").activations
+    with pytest.raises(ValueError, match="does not split over 3 ranks"):
+        fsdp_training_memory(cfg, 32, 512, 3)
+
+
+def test_readme_fsdp_memory_table_is_what_the_function_gives():
+    """The README's per-GPU memory table for the seed preset, to its printed precision."""
+    from pathlib import Path
+
+    from moe_helpers.accounting import fsdp_training_memory
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    table = readme.split("<!-- fsdp-memory-table")[1].split("\n\n")[0]
+    rows = [line for line in table.splitlines() if re.match(r"\| \d \(", line)]
+    chosen = preset("seed")
+    assert len(rows) == 3
+    for row, cfg in zip(rows, chosen.phase_configs()):
+        printed = [float(cell) for cell in row.strip("|").split("|")[1:]]
+        expected = [fsdp_training_memory(cfg, chosen.train.micro_batch_size, chosen.train.seq_len, ranks).total
+                    / 2**30 for ranks in (1, 2, 4, 8)]
+        assert printed == [round(value, 1) for value in expected], row
