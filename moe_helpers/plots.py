@@ -395,3 +395,26 @@ def plot_loss_vs_flops(curves: dict, ax=None, title: str = "Validation loss agai
     ax.grid(alpha=0.3)
     ax.legend(fontsize=9)
     return ax
+
+
+def plot_loss_bands(bands: dict, ax=None, xlabel: str = "optimiser step", title: str = "Validation loss over seeds",
+                    log_x: bool = False):
+    """Validation loss of several runs per model: the mean over seeds as a line with dots,
+    the min-max range over seeds as a shaded band.
+
+    ``bands``: ``{label: (x, mean, low, high)}``, four sequences of the same length
+    (``x``: steps, tokens or training FLOPs).  ``log_x`` puts ``x`` on a log scale.
+    """
+    ax = _axes(ax, figsize=(8, 4.5))
+    for index, (label, (x, mean, low, high)) in enumerate(bands.items()):
+        x = np.asarray(x, dtype=float)
+        ax.plot(x, mean, "o-", ms=3.5, lw=1.8, color=f"C{index}", label=label)
+        ax.fill_between(x, low, high, color=f"C{index}", alpha=0.2, lw=0)
+    if log_x:
+        ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("validation cross-entropy (nats / token)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=9)
+    return ax

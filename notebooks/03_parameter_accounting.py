@@ -28,11 +28,13 @@
 #   gives the note's phase-3 banner;
 # - count FLOPs per token and memory, and see why an MoE needs the memory of its *total*
 #   parameters but only the compute of its *active* ones;
+# - measure what an MoE buys: train it from scratch against a dense model with the same active
+#   parameters and one with the same total, three seeds each, per step, per FLOP and per second;
 # - put eight published MoE LLMs (Mixtral, OLMoE, Qwen, DeepSeekMoE, Phi, GPT-OSS) next to their
 #   published parameter counts;
 # - explore any configuration with a parameter calculator.
 #
-# Expected run time on a laptop CPU: under a minute (no training; only small models are built).
+# Expected run time on a laptop CPU: about a minute, most of it the nine short training runs of section 6.
 
 # %%
 # Setup: make `moe_helpers` importable. Installed (`make`, `pip install -e .`) or opened from a clone:
@@ -68,7 +70,8 @@ print("device:", device)
 
 # %%
 SCALE_UP = False  # True: also build the seed preset's 372 M-parameter MoE (about 1.5 GB in float32)
-                  # and count it module by module, and count FLOPs for a 2048-token context.
+                  # and count it module by module, count FLOPs for a 2048-token context, and run
+                  # section 6's dense-vs-MoE comparison 4x longer with 5 seeds.
 
 SEQ_LEN = 2048 if SCALE_UP else 256      # context length for the FLOP counts
 
@@ -158,7 +161,7 @@ for name, param in laptop_model.named_parameters():
 #
 # The note writes the same thing per block: `total_ffn = P·E + router`, `active_ffn = P·k + router`,
 # so `total_ffn − active_ffn = P·(E − k)`; the router cancels because every token uses it.
-# (The note counts the input embedding as active, as most publishers do; section 6 shows one
+# (The note counts the input embedding as active, as most publishers do; section 7 shows one
 # that does not.) Here is the note's code, run on the `laptop` model upcycled to 4 experts, top-2:
 
 # %%
@@ -506,7 +509,196 @@ plt.show()
 # barely more compute per token than the small one (blue).
 
 # %% [markdown]
-# ## 6. Published MoEs, side by side
+# ## 6. Is an MoE worth it? Measured
+#
+# Section 5 showed the bill: an MoE pays the memory of its *total* parameters and the compute of
+# its *active* ones. What do the extra, mostly idle, parameters buy? Counting cannot say; training
+# can. Three models, each trained from scratch, all built from one small dense model by
+# `moe_helpers.compare.matched_configs`:
+#
+# - **dense** (equal active): the baseline, a SwiGLU FFN of width $d_{ff}$ in each block;
+# - **MoE, equal active**: $E = 8$ experts of width $d_{ff}/2$, top-2, so the two experts a token
+#   visits hold exactly the baseline FFN's $3\,d\,d_{ff}$ parameters. Only the router ($d \cdot E$
+#   per block) is extra: the same FLOPs per token up to that router, and about twice the parameters;
+# - **dense, equal total**: one FFN as wide as the eight experts and the router together,
+#   $d_{ff}' = \text{round}\big((3\,d \cdot E \cdot d_{ff}/2 + d\,E) / 3d\big)$: it stores what the MoE
+#   stores, and runs all of it for every token.
+#
+# This is the Switch Transformer's comparison (Fedus et al. 2021, sec. 3): an MoE against a dense
+# model with the same FLOPs per token, and against a bigger dense model. One recipe for all three:
+# the same data, batches, steps and learning-rate schedule. Within a seed the three also start from
+# the same embedding, attention and LM-head weights (only the FFNs differ; `share_non_ffn_weights`),
+# so the seed-to-seed spread of everything else cancels when we compare them seed by seed. Three
+# seeds each. The models are tiny (width 32, 2 blocks, a 512-token vocabulary) so that the nine runs
+# take about half a minute on a CPU; `benchmarks/why_moe.py` runs the same comparison four times longer.
+
+# %%
+from IPython.display import Markdown, display
+from moe_helpers.compare import arm_sizes, compare_from_scratch, format_arm_table, matched_configs
+from moe_helpers.config import TrainConfig
+
+WHY = (dict(steps=1000, seeds=(0, 1, 2, 3, 4)) if SCALE_UP else dict(steps=250, seeds=(0, 1, 2)))
+WHY_SEQ_LEN, NUM_EXPERTS_WHY, TOP_K_WHY = 64, 8, 2
+small_dense = ModelConfig(vocab_size=512, d_model=32, n_layers=2, n_heads=2, d_ff=128, max_seq_len=WHY_SEQ_LEN)
+arms = matched_configs(small_dense, num_experts=NUM_EXPERTS_WHY, top_k=TOP_K_WHY)
+sizes = arm_sizes(arms, WHY_SEQ_LEN)
+display(Markdown(format_arm_table(sizes)))
+
+dense_size, moe_size, wide_size = sizes["dense"], sizes["moe_equal_active"], sizes["dense_equal_total"]
+router = small_dense.n_layers * small_dense.d_model * NUM_EXPERTS_WHY
+print(f"MoE active - dense active = {moe_size.active - dense_size.active:,} = the routers "
+      f"({100 * (moe_size.active / dense_size.active - 1):.2f}% more active parameters, "
+      f"{100 * (moe_size.flops_forward / dense_size.flops_forward - 1):.2f}% more FLOPs per token)")
+moe_cfg = arms["moe_equal_active"]
+exact_width = (3 * moe_cfg.d_model * moe_cfg.d_ff * NUM_EXPERTS_WHY + moe_cfg.d_model * NUM_EXPERTS_WHY) / (3 * moe_cfg.d_model)
+print(f"equal-total dense - MoE total = {wide_size.total - moe_size.total:+,} "
+      f"({100 * (wide_size.total / moe_size.total - 1):+.3f}%: its d_ff {arms['dense_equal_total'].d_ff} "
+      f"rounds {exact_width:.2f})")
+assert moe_size.active - dense_size.active == router                           # the only active difference
+assert abs(wide_size.total - moe_size.total) <= 1.5 * small_dense.d_model * small_dense.n_layers
+assert moe_size.flops_forward / dense_size.flops_forward < 1.01 < 2 < wide_size.flops_forward / dense_size.flops_forward
+
+# %% [markdown]
+# The data: the first 5,000 stories with a 512-token tokenizer (a few seconds to prepare the first
+# time, then cached like notebook 01's). The recipe: AdamW at a peak learning rate of 0.01, 20 warmup
+# steps, cosine decay, batches of 16 windows of 64 tokens, validation on the same fixed batches for
+# every run. The MoE is trained on its language-model loss plus the balancing and z-losses of
+# notebook 02; the validation loss is the language-model loss alone. The runs go seed by seed,
+# the three models within a seed one after the other, so that a busy machine slows them alike.
+
+# %%
+from moe_helpers.data import prepare_data
+
+why_data = prepare_data(vocab_size=512, limit=5000, val_limit=500, tokenizer_limit=5000)
+WHY_TRAIN = TrainConfig(steps_phase1=WHY["steps"], lr_phase1=1e-2, warmup_steps=20, batch_size=16,
+                        seq_len=WHY_SEQ_LEN, log_every=10, eval_every=25, eval_batches=4, device=str(device))
+comparison = compare_from_scratch(arms, why_data, WHY_TRAIN, seeds=WHY["seeds"])
+
+# %% [markdown]
+# The validation loss of each model over training: the line is the mean over the seeds, the band
+# their minimum to maximum. Left against optimiser steps (the same tokens for all three), right
+# against the training FLOPs each model has spent (steps × tokens per step × 3 × forward FLOPs per token).
+
+# %%
+from moe_helpers.plots import plot_loss_bands
+
+fig, (ax_steps, ax_flops) = plt.subplots(1, 2, figsize=(13, 4.5))
+for ax, against in ((ax_steps, "steps"), (ax_flops, "flops")):
+    bands = {}
+    for arm in comparison.arms:
+        band = comparison.band(arm)
+        x = band.steps if against == "steps" else comparison.training_flops(arm, band.steps)
+        bands[sizes[arm].label] = (x[1:], band.mean[1:], band.min[1:], band.max[1:])   # skip the untrained step 0
+    plot_loss_bands(bands, ax=ax, xlabel="optimiser step" if against == "steps" else
+                    "training compute (FLOPs, forward + backward)",
+                    title=f"Per step ({len(comparison.seeds)} seeds)" if against == "steps" else "Per FLOP")
+plt.tight_layout()
+plt.show()
+
+# %%
+summary = comparison.summary()
+for arm, spread in summary.items():
+    print(f"{sizes[arm].label:<40} final validation loss {spread.mean:.4f} ± {spread.std:.4f} "
+          f"(min {spread.min:.4f}, max {spread.max:.4f})")
+moe_gain = comparison.paired_gaps("moe_equal_active", "dense")            # dense - MoE, seed by seed
+wide_gain = comparison.paired_gaps("dense_equal_total", "dense")          # dense - wide dense
+moe_vs_wide = comparison.paired_gaps("moe_equal_active", "dense_equal_total")   # wide dense - MoE
+for name, gaps in (("MoE below equal-active dense", moe_gain), ("equal-total dense below dense", wide_gain),
+                   ("MoE below equal-total dense", moe_vs_wide)):
+    print(f"{name:<31} by {' '.join(f'{gap:+.4f}' for gap in gaps)}  (mean {sum(gaps) / len(gaps):+.4f})")
+
+budget = comparison.training_flops("dense", [WHY["steps"]])[0]           # the dense model's whole run
+at_budget = {arm: comparison.losses_at_flops(arm, budget) for arm in comparison.arms}
+print(f"after the dense model's {budget / 1e12:.3f} TFLOPs of training (equal compute):")
+for arm, losses in at_budget.items():
+    step = WHY["steps"] * dense_size.flops_training / sizes[arm].flops_training
+    print(f"  {sizes[arm].label:<40} step {step:5.0f}  validation loss {sum(losses) / len(losses):.4f}")
+
+# Measured (offline corpus, seeds 0-2, 250 steps): dense 2.7221 ± 0.0022, MoE 2.6502 ± 0.0291,
+# equal-total dense 2.7258 ± 0.0332. The MoE's gain, seed by seed: 0.052, 0.103, 0.061 (seeds 3 and 4:
+# 0.128, 0.113); over the equal-total dense model 0.051, 0.144, 0.033. At the dense model's FLOPs the
+# equal-total dense model is at step 109 and 3.21. Margins: under half the smallest gain per seed,
+# under half the mean gain, and a third of the per-FLOP gap.
+assert all(gap > 0.02 for gap in moe_gain), "the MoE should beat the equal-active dense model for every seed"
+assert summary["moe_equal_active"].mean < summary["dense"].mean - 0.03
+if not SCALE_UP:   # 4x longer the equal-total dense model draws level with the MoE (benchmarks/why_moe.py)
+    assert summary["moe_equal_active"].mean < summary["dense_equal_total"].mean - 0.02   # per step, this length
+assert max(at_budget["moe_equal_active"]) < min(at_budget["dense_equal_total"]) - 0.2   # per FLOP, far ahead
+
+# %% [markdown]
+# **What the numbers say.**
+#
+# - *At equal compute the MoE wins.* It spends the dense model's FLOPs per token (0.9% more: the
+#   routers) and ends lower for every seed. Its idle experts are not dead weight: each router sends
+#   different tokens to different experts, so eight FFNs each learn their share of the data, while
+#   every token still pays for only two half-size ones.
+# - *The equal-total dense model gains nothing yet.* Its 4× wider FFN, run on every token, ends
+#   where the small dense model does, at 2.3 times the FLOPs per token: after 250 steps the small
+#   model is held back by how little it has trained, not by the width of its FFN. Run four times
+#   longer (`benchmarks/why_moe.py`, 1000 steps) the wide model pulls well ahead of the small one,
+#   and the MoE is level with it (ahead on average, behind for one seed of three) at less than half
+#   its FLOPs. With enough training the dense model of equal *total* size should be the better model
+#   per step, since every one of its parameters works on every token: Clark et al. (2022, *Unified
+#   scaling laws for routed language models*) credit a routed model with an *effective* parameter
+#   count below its total. It is never the cheaper one: per FLOP (right plot) it is far behind,
+#   and that is the case for MoEs.
+# - *Spread.* With its own starting weights and batches each seed lands somewhere else (the ±
+#   above, the bands); the MoE's and the wide model's spread is a good part of the gaps between
+#   the models. The gaps are measured seed by seed, on the same batches from the same starting
+#   weights outside the FFNs, and the MoE's gain over the dense model held for every seed.
+#
+# **FLOPs are not seconds.** The per-FLOP plot counts arithmetic. A processor spends time on more
+# than arithmetic, and the MoE layer adds work that FLOP counts leave out: sorting the token slots
+# by expert, gathering each expert's tokens, eight small matrix products instead of one large one,
+# a scatter-add back to the tokens, the routing statistics, and one read to the host per layer for
+# the split sizes (`MoELayer._dispatch`). The same three models, timed on the same machine:
+
+# %%
+import statistics
+from moe_helpers.compare import time_training_steps
+
+# The three models take turns, one training step each, 40 rounds, and we keep the median: on a busy
+# machine all three are slowed alike. (The seconds printed with each training run above were taken
+# minutes apart, evaluations included: no fair comparison.)
+step_times = time_training_steps(arms, why_data, WHY_TRAIN, rounds=40)
+step_seconds = {arm: statistics.median(times) for arm, times in step_times.items()}
+for arm in comparison.arms:
+    flop_ratio = sizes[arm].flops_training / dense_size.flops_training
+    print(f"{sizes[arm].label:<40} {1e3 * step_seconds[arm]:6.1f} ms per training step: "
+          f"x{step_seconds[arm] / step_seconds['dense']:.2f} the dense model's time for x{flop_ratio:.3f} its FLOPs")
+moe_time_ratio = step_seconds["moe_equal_active"] / step_seconds["dense"]
+
+dense_seconds = WHY["steps"] * step_seconds["dense"]                 # the dense model's training time
+at_seconds = {arm: comparison.losses_at_seconds(arm, dense_seconds, step_seconds[arm]) for arm in comparison.arms}
+print(f"\nafter the dense model's {dense_seconds:.1f} s of training steps (equal wall-clock time):")
+for arm, losses in at_seconds.items():
+    print(f"  {sizes[arm].label:<40} step {dense_seconds / step_seconds[arm]:5.0f}  "
+          f"validation loss {sum(losses) / len(losses):.4f}")
+# Measured on a shared 2-core CPU, one torch thread: the MoE x1.61 to x1.75 the dense model's time per
+# step in repeated runs (for x1.009 its FLOPs); at the dense model's time it is at step ~155, at 2.92.
+assert moe_time_ratio > 1.2, "at this size the dispatch, not the arithmetic, should set the MoE's pace"
+if not SCALE_UP:   # on this CPU, per second, the dense model wins
+    assert min(at_seconds["moe_equal_active"]) > max(at_seconds["dense"]) + 0.05
+
+# %% [markdown]
+# *What to notice:* the MoE does 0.9% more arithmetic per token than the dense model but takes far
+# longer per step on this CPU: its expert matrices are so small that routing tokens to them costs
+# more than the arithmetic itself. So in a race of equal *wall-clock time* the dense model takes
+# more steps, and here it wins. (The other models are read off their 250-step curves at an earlier
+# step; a run planned that short would decay its learning rate in time and end a little lower, but
+# `benchmarks/why_moe.py --steps 150` shows the MoE still well behind.) The equal-total dense
+# model costs 2.3 times the FLOPs per token but less than twice the time: large matrix products use
+# the processor better than small ones.
+#
+# The overhead shrinks as models grow (the expert matrices become large enough for the arithmetic
+# to dominate) and with kernels built for the job (grouped matrix products, as in MegaBlocks, Gale
+# et al. 2023); with the experts spread over many devices, the all-to-all exchange that carries
+# tokens to their experts becomes the cost to watch instead. That is why the Switch Transformer
+# paper reports its gains both per step and in wall-clock time (Fedus et al. 2021, sec. 3.2), and
+# why "an MoE is cheaper" always needs the question: cheaper in what -- FLOPs, seconds or memory?
+
+# %% [markdown]
+# ## 7. Published MoEs, side by side
 #
 # `moe_helpers.real_models` holds eight published MoE LLMs as `ModelConfig`s, copied from their
 # `config.json` files, with the totals and active counts their authors published. Two things to
@@ -557,7 +749,7 @@ assert efficiencies["Qwen3-30B-A3B"] < 12
 # less, Qwen3-30B-A3B about a ninth.
 
 # %% [markdown]
-# ## 7. A parameter calculator
+# ## 8. A parameter calculator
 #
 # Pick a preset (the `laptop` and `seed` phases, or a published model), then change its sizes:
 # type a number in a box, or drag the slider beside it.  Sizes that span orders of magnitude
