@@ -1,0 +1,836 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 07 · Inference: the KV cache, and export to Hugging Face `transformers`
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/moe-course/moe-course/blob/main/notebooks/07_inference_and_hf.ipynb)
+#
+# In this notebook you will:
+#
+# - count the work of writing a story token by token without a cache (every step re-reads the whole
+#   text) and with a **key/value cache** (every step reads one new token);
+# - build the cache by hand for one attention layer of a trained MoE model -- the prompt's keys and
+#   values, then one new token rotated to its position, appended and attended to -- and check it
+#   against `Attention.forward(x, cache)` and the full forward pass;
+# - check that cached generation writes exactly the tokens uncached generation writes, and time both;
+# - measure the cache's memory, and compute it for published MoE models at their context lengths,
+#   with and without grouped-query attention;
+# - see what happens past `max_seq_len`: a sliding cache and a re-encoded window disagree, and why;
+# - export the model to `transformers` (a `MixtralForCausalLM`), load it with `AutoModelForCausalLM`
+#   alone, compare logits and generated stories, see what cannot be exported, load it back bit for bit,
+#   and learn the commands that export a run and share it on the Hugging Face hub.
+#
+# Expected run time: about a minute on a laptop CPU (most of it trains the model).
+
+# %%
+# Setup: make `moe_helpers` importable. Installed (`make`, `pip install -e .`) or opened from a clone:
+# nothing to do. A fresh runtime (Colab): install the course from its repository (or from the local
+# folder named by $MOE_COURSE_SOURCE) and turn on the widget manager that ipywidgets 8 needs there.
+COURSE_REPOSITORY = "https://github.com/moe-course/moe-course"   # set from pyproject.toml by `make colab`
+import importlib, importlib.util, os, pathlib, subprocess, sys
+if importlib.util.find_spec("moe_helpers") is None and (pathlib.Path.cwd().parent / "moe_helpers").is_dir():
+    sys.path.insert(0, str(pathlib.Path.cwd().parent))            # a clone, opened from notebooks/
+if importlib.util.find_spec("moe_helpers") is None:
+    source = os.environ.get("MOE_COURSE_SOURCE") or f"git+{COURSE_REPOSITORY}"
+    print(f"Installing the course from {source} ...")
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", source], check=True)
+    importlib.invalidate_caches()
+    try:
+        from google.colab import output
+        output.enable_custom_widget_manager()
+    except ImportError:                                            # not on Colab
+        pass
+else:
+    print("moe_helpers is importable: nothing to install")
+import moe_helpers
+
+# %%
+import torch
+import matplotlib.pyplot as plt
+from moe_helpers.train import pick_device
+device = pick_device()
+print("device:", device)
+
+# %% [markdown]
+# ### Scale up on a GPU
+#
+# By default the model trains for 150 dense and 30 MoE steps (about a minute on a 2-core CPU): enough
+# for stories made of real sentences. On a GPU set `SCALE_UP = True` for ten times as many steps and
+# better stories. Either way, everything after training runs on the CPU in float32, where the
+# comparisons of this notebook hold to the last digits; `benchmarks/generate.py` measures speed.
+
+# %%
+SCALE_UP = False   # True: 1500 dense + 300 MoE training steps of the same laptop model; wants a GPU
+
+# %% [markdown]
+# ## 0. A model that writes stories
+#
+# Inference needs a model worth running. We train the `laptop` dense model briefly (as in notebook 01),
+# upcycle it into a 4-expert, top-2 Mixture-of-Experts (notebook 04) and train that a little more.
+
+# %%
+import math
+import time
+
+from moe_helpers.config import preset
+from moe_helpers.data import prepare_preset_data
+from moe_helpers.growth import upcycle
+from moe_helpers.model import GPT
+from moe_helpers.train import train_phase
+
+LAPTOP = preset("laptop")
+STEPS = dict(steps_phase1=1500, steps_phase2=300) if SCALE_UP else dict(steps_phase1=150, steps_phase2=30)
+train_cfg = LAPTOP.train.replace(**STEPS, log_every=50, eval_every=50, eval_batches=4, device=str(device))
+data = prepare_preset_data(LAPTOP)                 # notebook 01's stories, tokenizer and token file
+tok = data.tokenizer
+
+started = time.perf_counter()
+torch.manual_seed(0)
+dense = GPT(LAPTOP.model)
+history = train_phase(dense, data, train_cfg, progress=False, verbose=False)
+model = upcycle(dense, LAPTOP.num_experts, LAPTOP.top_k)
+history = train_phase(model, data, train_cfg, phase=2, history=history, progress=False, verbose=False)
+model = model.cpu().eval()                          # inference from here on: CPU, float32, eval mode
+cfg = model.cfg
+first_loss, last_loss = history.evaluated()[0]["val_loss"], history.last_val_loss
+print(f"trained {train_cfg.steps_phase1} dense + {train_cfg.steps_phase2} MoE steps in "
+      f"{time.perf_counter() - started:.0f} s: validation loss {first_loss:.2f} -> {last_loss:.2f}")
+print(f"the model: {cfg.n_layers} blocks, d_model {cfg.d_model}, {cfg.n_heads} heads of {cfg.head_size} "
+      f"({cfg.kv_heads} key/value heads), {cfg.num_experts} experts, top-{cfg.top_k}, max_seq_len {cfg.max_seq_len}")
+assert last_loss < first_loss - 4.0, "the model should have learned to write (several nats lower)"
+
+# %%
+PROMPT = "Once upon a time, there was a little"
+prompt = torch.tensor([tok.encode(PROMPT)])                           # (1, P)
+P = prompt.shape[1]
+sampled = model.generate(prompt, 100, temperature=0.8, top_k=50, generator=torch.Generator().manual_seed(0))
+print(f"{P} prompt tokens; a sampled story:\n")
+print(tok.decode(sampled[0].tolist()))
+
+# %% [markdown]
+# ## 1. Why a KV cache
+#
+# `generate` writes one token per step: run the model, take the last position's logits, pick a token,
+# append it, repeat. Run naively, step $i$ feeds the model the *whole* text so far -- the prompt's $P$
+# tokens and the $i$ tokens written since -- although only the last position's logits are used.
+# Causal attention makes almost all of that work redundant: the keys and values of a token depend
+# only on that token and the ones before it, so once computed they never change. A **KV cache** keeps every
+# layer's keys and values, and each step runs the model on the one new token, which attends to the
+# cached keys.
+#
+# Writing $N$ tokens after a $P$-token prompt (while the text fits in `max_seq_len`), the model reads
+#
+# $$\text{without a cache: } \sum_{i=0}^{N-1} (P + i) = NP + \frac{N(N-1)}{2} \qquad
+#   \text{with a cache: } P + (N - 1)$$
+#
+# token positions: quadratic against linear. Each position read costs the model's matrix products,
+# about $2 N_\text{active}$ FLOPs, plus attention over the context (notebook 03's `flops_per_token`).
+
+# %%
+from moe_helpers.accounting import flops_per_token
+
+N_FIT = cfg.max_seq_len - P                          # new tokens that fit in the window with the prompt
+
+
+def positions_read(prompt_tokens: int, new_tokens: int, cached: bool) -> list[int]:
+    """Tokens the model reads at each step of greedy generation (while the text fits)."""
+    if cached:
+        return [prompt_tokens] + [1] * (new_tokens - 1)
+    return [prompt_tokens + i for i in range(new_tokens)]
+
+
+def generation_flops(prompt_tokens: int, new_tokens: int, cached: bool) -> float:
+    """Forward FLOPs of generating ``new_tokens``: each token read attends to its context."""
+    total = 0.0
+    for step, read in enumerate(positions_read(prompt_tokens, new_tokens, cached)):
+        context = prompt_tokens + step                # tokens visible to the last position read
+        total += read * flops_per_token(cfg, context).forward
+    return total
+
+
+print(f"{'new tokens':>10} {'read, no cache':>15} {'read, cache':>12} {'GFLOP, no cache':>16} "
+      f"{'GFLOP, cache':>13} {'ratio':>6}")
+for new_tokens in (16, 64, N_FIT):
+    uncached, cached = (positions_read(P, new_tokens, flag) for flag in (False, True))
+    assert sum(uncached) == new_tokens * P + new_tokens * (new_tokens - 1) // 2
+    assert sum(cached) == P + new_tokens - 1
+    flops = [generation_flops(P, new_tokens, flag) for flag in (False, True)]
+    print(f"{new_tokens:10d} {sum(uncached):15,d} {sum(cached):12,d} {flops[0] / 1e9:16.2f} "
+          f"{flops[1] / 1e9:13.3f} {flops[0] / flops[1]:5.0f}x")
+
+# %% [markdown]
+# Filling the window (247 new tokens) without a cache reads over a hundred times as many positions.
+# The cache does not make a step free: the new token still runs through every layer and attends to
+# all cached keys. It removes the re-computation.
+#
+# ### 1.1 The cache of one attention layer, by hand
+#
+# Take block 2 of the trained model (the third of four). Its attention reads the normalised residual stream $x$
+# (`attention_norm` of block 2's input). We capture $x$ for the prompt plus one new token with a
+# forward hook on a full forward pass, then compute the new token's attention output the cached way:
+#
+# 1. **prompt**: keys $K = \mathrm{RoPE}(x W_k)$ at positions $0 \ldots P-1$ and values $V = x W_v$,
+#    shape `(batch, n_kv_heads, P, head_dim)`. Keys are stored *after* rotation, so they never need
+#    rotating again; values are never rotated;
+# 2. **new token** at position $P$ (the number of tokens already cached): its query, key and value,
+#    the query and key rotated by position $P$'s angles;
+# 3. **append** its key and value to the cache, and **attend**: $\mathrm{softmax}(q K^\top / \sqrt{d_\text{head}})\,V$
+#    over all $P+1$ positions -- no causal mask needed, the cache holds only the past and the token
+#    itself -- then the output projection $W_o$.
+
+# %%
+from moe_helpers.layers import LayerKVCache, apply_rope
+
+LAYER = 2
+attention = model.layers[LAYER].attention
+H, H_KV, HD = cfg.n_heads, cfg.kv_heads, cfg.head_size
+new_token = torch.tensor([[tok.encode(" girl")[0]]])                   # (1, 1): the next token
+sequence = torch.cat([prompt, new_token], dim=1)                        # (1, P + 1)
+
+captured = {}
+hook = attention.register_forward_pre_hook(lambda module, args: captured.update(x=args[0]))
+with torch.no_grad():
+    full_logits = model(sequence).logits                               # (1, P + 1, vocab)
+    x = captured["x"]                                                   # (1, P + 1, d_model)
+    full_attention = attention(x)                                       # (1, P + 1, d_model), causal
+hook.remove()
+
+
+def split_heads(projection: torch.Tensor, heads: int) -> torch.Tensor:
+    """(B, T, heads * head_dim) -> (B, heads, T, head_dim)."""
+    B, T, _ = projection.shape
+    return projection.view(B, T, heads, HD).transpose(1, 2)
+
+
+cos, sin = attention.rope_cos, attention.rope_sin                       # (max_seq_len, head_dim) each
+with torch.no_grad():
+    # 1. the prompt: rotated keys and plain values, positions 0 .. P-1
+    x_prompt, x_new = x[:, :P], x[:, P:]
+    keys = apply_rope(split_heads(attention.wk(x_prompt), H_KV), cos[:P], sin[:P])   # (1, H_kv, P, hd)
+    values = split_heads(attention.wv(x_prompt), H_KV)                                # (1, H_kv, P, hd)
+    # 2. the new token at position P: query, key, value; query and key rotated by position P
+    q = apply_rope(split_heads(attention.wq(x_new), H), cos[P:P + 1], sin[P:P + 1])  # (1, H, 1, hd)
+    k = apply_rope(split_heads(attention.wk(x_new), H_KV), cos[P:P + 1], sin[P:P + 1])
+    v = split_heads(attention.wv(x_new), H_KV)
+    # 3. append, then attend to all P + 1 cached positions
+    keys, values = torch.cat([keys, k], dim=2), torch.cat([values, v], dim=2)         # (1, H_kv, P+1, hd)
+    group = H // H_KV                                   # query heads per key/value head (GQA)
+    scores = q @ keys.repeat_interleave(group, 1).transpose(-1, -2) / math.sqrt(HD)  # (1, H, 1, P+1)
+    weights = scores.softmax(dim=-1)
+    heads_out = weights @ values.repeat_interleave(group, 1)                          # (1, H, 1, hd)
+    by_hand = attention.wo(heads_out.transpose(1, 2).reshape(1, 1, H * HD))           # (1, 1, d_model)
+
+    # the course's cache: the prompt first, then the new token alone
+    layer_cache = LayerKVCache(cfg.max_seq_len)
+    attention(x_prompt, layer_cache)
+    with_cache = attention(x_new, layer_cache)                                        # (1, 1, d_model)
+
+diff_cache = (by_hand - with_cache).abs().max().item()
+diff_full = (by_hand - full_attention[:, P:]).abs().max().item()
+diff_keys = (layer_cache.keys - keys).abs().max().item()
+print(f"cached keys {tuple(layer_cache.keys.shape)}, values {tuple(layer_cache.values.shape)}; "
+      f"the new token's position: {P}")
+print(f"attention weights of the new token, head by head (over the {P + 1} positions):")
+print(weights[0, :, 0].numpy().round(2))
+print(f"max |by hand - Attention.forward(x_new, cache)| = {diff_cache:.1e}")
+print(f"max |by hand - full forward pass, last position| = {diff_full:.1e}")
+print(f"max |our keys - the LayerKVCache's keys|         = {diff_keys:.1e}")
+assert diff_cache <= 1e-5 and diff_full <= 1e-5 and diff_keys <= 1e-5
+
+# %% [markdown]
+# The same for all four layers at once: `model.new_kv_cache()` holds one `LayerKVCache` per block, and
+# `model(idx, cache=cache)` reads only the tokens the cache has not seen. Feeding the prompt, then the
+# new token alone, gives the full pass's logits for the new token:
+
+# %%
+with torch.no_grad():
+    cache = model.new_kv_cache()
+    model(prompt, cache=cache, with_routing=False)                      # fills every layer with P positions
+    step_logits = model(new_token, cache=cache, with_routing=False).logits   # (1, 1, vocab): one token read
+diff_logits = (step_logits[0, -1] - full_logits[0, -1]).abs().max().item()
+print(f"cache.position = {cache.position}; max |Δlogits| cached vs full pass = {diff_logits:.1e}")
+assert cache.position == P + 1 and diff_logits <= 1e-4
+
+# %% [markdown]
+# ## 2. Cached generation = uncached generation
+#
+# `model.generate(idx, n, temperature=0)` picks the most likely token at every step (greedy), with the
+# cache by default (`use_cache=True`) or re-reading the whole context (`use_cache=False`). While the
+# text fits in `max_seq_len` both must write exactly the same tokens. A hook on the model records how
+# many tokens each step reads and how long it takes. (Greedy decoding makes the comparison
+# deterministic; it also tends to loop on the likeliest sentences, as the story below does, which is why
+# stories are usually sampled, as in section 0.)
+
+# %%
+def timed_generate(model, prompt, new_tokens, use_cache):
+    """Greedy ``generate``, with the tokens read and the seconds taken by each forward pass."""
+    calls = []
+    before = model.register_forward_pre_hook(
+        lambda module, args: calls.append([args[0].shape[1], time.perf_counter()]))
+    after = model.register_forward_hook(lambda module, args, output: calls[-1].append(time.perf_counter()))
+    try:
+        started = time.perf_counter()
+        out = model.generate(prompt, new_tokens, temperature=0, use_cache=use_cache)
+        seconds = time.perf_counter() - started
+    finally:
+        before.remove()
+        after.remove()
+    return out, seconds, [read for read, _, _ in calls], [end - start for _, start, end in calls]
+
+
+cached_out, cached_s, cached_read, cached_steps = timed_generate(model, prompt, N_FIT, use_cache=True)
+plain_out, plain_s, plain_read, plain_steps = timed_generate(model, prompt, N_FIT, use_cache=False)
+assert torch.equal(cached_out, plain_out), "cached and uncached generation picked different tokens"
+assert cached_read == positions_read(P, N_FIT, True) and plain_read == positions_read(P, N_FIT, False)
+print(f"greedy, {N_FIT} new tokens (the text fills max_seq_len = {cfg.max_seq_len}): identical tokens ✓")
+print(f"tokens read: {sum(plain_read):,} without the cache, {sum(cached_read):,} with it (as counted in section 1)")
+print(f"without the cache {N_FIT / plain_s:6.0f} tokens/s ({plain_s:.2f} s)")
+print(f"with the cache    {N_FIT / cached_s:6.0f} tokens/s ({cached_s:.2f} s): {plain_s / cached_s:.1f}x faster")
+print()
+print(tok.decode(cached_out[0].tolist()))
+
+# %%
+context = [P + step for step in range(N_FIT)]            # tokens visible at each step
+fig, axes = plt.subplots(1, 2, figsize=(13, 4))
+axes[0].plot(context, plain_read, label="without a cache: the whole text")
+axes[0].plot(context, cached_read, label="with a cache: one new token (the prompt first)")
+axes[0].set(xlabel="length of the text so far (tokens)", ylabel="tokens read by the model",
+            title="Work per step")
+axes[1].plot(context, [1e3 * s for s in plain_steps], ".", ms=3, label="without a cache")
+axes[1].plot(context, [1e3 * s for s in cached_steps], ".", ms=3, label="with a cache")
+axes[1].set(xlabel="length of the text so far (tokens)", ylabel="milliseconds per step",
+            title="Time per step (measured on this machine)", ylim=(0, None))
+for ax in axes:
+    ax.legend()
+fig.tight_layout()
+plt.show()
+
+# %% [markdown]
+# *What to notice:* without a cache the work of a step grows with the text (left), and so does its
+# time (right); with the cache both stay flat after the first step, which reads the prompt. At this toy
+# size the ratio of the times is far below the ratio of the work: each cached step still pays Python
+# and per-layer overheads (the four MoE layers launch many small matrix products), the same for one
+# token or two hundred. For a large model the matrix products dominate and the saving approaches the
+# ratio of the work. The timings are not asserted here: a shared machine makes them noisy.
+# `benchmarks/generate.py` measures tokens per second side by side (cached, uncached and
+# `transformers`, repeated, medians) and checks its targets.
+
+# %% [markdown]
+# ## 3. What the cache costs: memory
+#
+# The cache holds, for every layer, a key and a value vector per key/value head per position:
+#
+# $$\text{bytes} = 2 \times n_\text{layers} \times \text{batch} \times n_\text{kv heads} \times
+#   d_\text{head} \times \text{positions} \times \text{bytes per value}$$
+#
+# `kv_cache_bytes(cfg, batch_size, seq_len, dtype)` computes it (positions stop at `max_seq_len`; see
+# section 4). Note $n_\text{kv heads}$: with grouped-query attention (GQA, Ainslie et al. 2023) several
+# query heads share one key/value head, and the cache shrinks by $n_\text{heads} / n_\text{kv heads}$.
+# Our laptop model has as many key/value heads as query heads. The cache's real size, `KVCache.nbytes`,
+# must match the formula:
+
+# %%
+from moe_helpers.accounting import count_parameters, kv_cache_bytes
+
+with torch.no_grad():
+    cache = model.new_kv_cache()
+    model(cached_out, cache=cache, with_routing=False)                  # the 256-token story
+    batch_cache = model.new_kv_cache()
+    model(data.batch("val", 3, 100, generator=torch.Generator().manual_seed(0))[0], cache=batch_cache,
+          with_routing=False)                                           # 3 stories of 100 tokens
+
+layer = cache.layers[0]
+print(f"one layer's cache: keys {tuple(layer.keys.shape)} + values {tuple(layer.values.shape)} "
+      f"in {layer.keys.dtype}")
+for name, kv, batch, positions in (("the story", cache, 1, cfg.max_seq_len), ("3 x 100 tokens", batch_cache, 3, 100)):
+    formula = kv_cache_bytes(cfg, batch, positions, torch.float32)
+    print(f"{name:15}: KVCache.nbytes = {kv.nbytes:9,d}   kv_cache_bytes = {formula:9,d}")
+    assert kv.nbytes == formula
+weights_bytes = count_parameters(model).total * 4
+print(f"per token: {kv_cache_bytes(cfg, 1, 1, torch.float32):,} bytes; a full window is "
+      f"{cache.nbytes / weights_bytes:.0%} of the model's {weights_bytes / 1e6:.1f} MB of weights")
+
+# %% [markdown]
+# For a toy model the cache is small. For a published model at its full context it is not. Here is the
+# formula for MoE models of notebook 03 (their shapes are in `moe_helpers.real_models`), one sequence
+# filling each model's context window, in bfloat16 (2 bytes), next to what the same model would need
+# with one key/value head per query head (plain multi-head attention, MHA). GPT-OSS-20B is left out:
+# half of its layers attend to a 128-token sliding window, which this formula does not describe.
+
+# %%
+from moe_helpers.accounting import count_from_config
+from moe_helpers.real_models import published_model
+
+CONTEXT = {   # context window of each model (tokens), from its config.json / model card
+    "Mixtral-8x7B": 32_768, "Mixtral-8x22B": 65_536, "OLMoE-1B-7B": 4_096, "Qwen3-30B-A3B": 32_768,
+    "DeepSeekMoE-16B": 4_096, "Qwen1.5-MoE-A2.7B": 8_192, "Phi-3.5-MoE": 131_072,
+}
+GiB = 2 ** 30
+rows = []
+print(f"{'model':<18}{'context':>9}{'heads':>7}{'kv heads':>9}{'KiB/token':>10}{'cache GiB':>10}"
+      f"{'as MHA':>8}{'weights GiB':>12}")
+for name, context_len in CONTEXT.items():
+    published = published_model(name).config.replace(max_seq_len=context_len)
+    as_mha = published.replace(n_kv_heads=None)                          # one kv head per query head
+    gqa_bytes = kv_cache_bytes(published, 1, context_len, torch.bfloat16)
+    mha_bytes = kv_cache_bytes(as_mha, 1, context_len, torch.bfloat16)
+    weights = 2 * count_from_config(published).total
+    rows.append((name, gqa_bytes, mha_bytes))
+    print(f"{name:<18}{context_len:9,d}{published.n_heads:7d}{published.kv_heads:9d}"
+          f"{kv_cache_bytes(published, 1, 1, torch.bfloat16) / 1024:10.0f}{gqa_bytes / GiB:10.2f}"
+          f"{mha_bytes / GiB:8.1f}{weights / GiB:12.1f}")
+    assert mha_bytes == gqa_bytes * published.n_heads // published.kv_heads
+assert kv_cache_bytes(published_model("Mixtral-8x7B").config.replace(max_seq_len=32_768), 1, 32_768,
+                      torch.bfloat16) == 4 * GiB
+
+# %%
+fig, ax = plt.subplots(figsize=(10, 4.6))
+names = [name for name, _, _ in rows]
+positions = range(len(rows))
+ax.barh([p - 0.2 for p in positions], [gqa / GiB for _, gqa, _ in rows], height=0.4, color="#2166ac",
+        label="as published")
+ax.barh([p + 0.2 for p in positions], [mha / GiB for _, _, mha in rows], height=0.4, color="#f4a582",
+        label="with one key/value head per query head (MHA)")
+for p, (name, gqa, mha) in zip(positions, rows):
+    ax.text(gqa / GiB * 1.08, p - 0.2, f"{gqa / GiB:.2g} GiB", va="center", fontsize=8)
+    if mha != gqa:
+        ax.text(mha / GiB * 1.08, p + 0.2, f"{mha / GiB:.3g} GiB (×{mha // gqa})", va="center", fontsize=8)
+ax.set_yticks(list(positions), [f"{name}\n{CONTEXT[name] // 1024}k tokens" for name in names], fontsize=8)
+ax.set_xscale("log")
+ax.set_xlim(0.2, 400)
+ax.invert_yaxis()
+ax.set(xlabel="KV cache of one sequence at full context, bfloat16 (GiB, log scale)",
+       title="Grouped-query attention shrinks the KV cache")
+ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, fontsize=8)
+fig.tight_layout()
+plt.show()
+
+# %% [markdown]
+# *What to notice:* the models with GQA (Mixtral, Qwen3, Phi-3.5-MoE: 8 or 4 key/value heads) keep
+# their cache 4 to 8 times smaller than full multi-head attention would; without it, one 64k-token
+# sequence of Mixtral-8x22B would need 84 GiB of cache, more than an 80 GB GPU. OLMoE, DeepSeekMoE and
+# Qwen1.5-MoE use full multi-head attention with short contexts. The cache grows with the batch: 16
+# sequences of Mixtral-8x7B at 32k tokens hold 64 GiB of keys and values next to its 87 GiB of weights.
+# An MoE adds nothing here: the cache belongs to attention, and every token of every sequence needs
+# its keys and values whichever experts it visits.
+
+# %% [markdown]
+# ## 4. Past `max_seq_len`: a sliding window vs re-encoding
+#
+# The model has rotary tables for 256 positions and was trained on shorter windows. What should
+# generation do once the text is longer? The two paths of `generate` answer differently (its docstring
+# says so):
+#
+# * **without the cache** the context is cropped to the last `max_seq_len` tokens and re-encoded from
+#   scratch at positions 0 … 255: the oldest kept token suddenly has no left context;
+# * **the cache slides**: it drops the oldest position and keeps the others' keys and values as they
+#   were computed, when their tokens could still see further back (in the layers above the first,
+#   those keys carry information from the dropped tokens). The new token attends to the latest 256.
+#   This is the rolling buffer of sliding-window attention (Mistral 7B, Jiang et al. 2023), and it
+#   costs one token per step instead of 256.
+#
+# So the two agree exactly while the text fits and part from the first token predicted from more than
+# `max_seq_len` tokens. We generate 64 tokens past the window both ways. Then, to see the difference of
+# the methods and not of the texts, we compute the next-token logits both ways on the *same* tokens
+# (the cached run's) at every position.
+
+# %%
+N_LONG = N_FIT + 64
+long_cached = model.generate(prompt, N_LONG, temperature=0)                     # (1, P + N_LONG)
+long_plain = model.generate(prompt, N_LONG, temperature=0, use_cache=False)
+L = cfg.max_seq_len
+assert torch.equal(long_cached[:, :L + 1], long_plain[:, :L + 1]), "they must agree while the text fits"
+different = (long_cached != long_plain)[0].nonzero().flatten().tolist()
+print(f"{P + N_LONG} tokens: the first {L + 1} are identical (token {L} was predicted from {L}, which fit); "
+      + (f"the texts part at token {different[0]}" if different else "greedy picks agree to the end anyway"))
+
+with torch.no_grad():
+    sliding = model.new_kv_cache()
+    step_logits = [model(long_cached[:, :P], cache=sliding, with_routing=False).logits[0, -1]]
+    for position in range(P, P + N_LONG - 1):                           # one token at a time
+        step_logits.append(model(long_cached[:, position:position + 1], cache=sliding,
+                                 with_routing=False).logits[0, -1])
+    cached_logits = torch.stack(step_logits)                            # (N_LONG, vocab): predicts P .. end
+    window_logits = model(long_cached[:, :L], with_routing=False).logits[0, P - 1:]   # fits: one pass
+    cropped = [model(long_cached[:, position - L:position], with_routing=False).logits[0, -1]
+               for position in range(L + 1, P + N_LONG)]               # re-encode the last L tokens
+    reencoded_logits = torch.cat([window_logits, torch.stack(cropped)])  # (N_LONG, vocab)
+predicted = torch.arange(P, P + N_LONG)                                 # the position each row predicts
+gap = (cached_logits - reencoded_logits).abs().max(dim=-1).values       # (N_LONG,)
+inside, outside = gap[predicted <= L], gap[predicted > L]
+print(f"sliding cache vs re-encoded window, max |Δlogits| per position: while the text fits "
+      f"{inside.max():.1e}, past it median {outside.median():.2f} (smallest {outside.min():.3f}, "
+      f"largest {outside.max():.2f})")
+print(f"the sliding cache after {sliding.position} tokens: {sliding.nbytes:,} bytes = kv_cache_bytes(cfg, 1, {L}): "
+      "it stopped growing")
+assert inside.max() <= 1e-4 and outside.median() > 1e-2
+assert sliding.nbytes == kv_cache_bytes(cfg, 1, sliding.position, torch.float32) == kv_cache_bytes(cfg, 1, L, torch.float32)
+
+# %%
+fig, ax = plt.subplots(figsize=(10, 3.8))
+ax.semilogy(predicted, gap.clamp_min(1e-9), ".", ms=4)
+ax.axvline(L + 0.5, color="gray", ls="--", lw=1)
+ax.text(L + 3, 1e-3, f"max_seq_len = {L}", color="gray")
+ax.set(xlabel="position of the predicted token", ylabel="max |Δlogits| (log scale)",
+       title="Sliding KV cache vs re-encoding the last max_seq_len tokens, on the same text")
+fig.tight_layout()
+plt.show()
+print("the sliding cache's text past the window:\n", tok.decode(long_cached[0, L:].tolist()))
+
+# %% [markdown]
+# *What to notice:* up to position 256 the two methods differ only by float32 rounding (a few 1e-6);
+# from the first token predicted from more than 256 tokens on, they differ at every step, by a few
+# hundredths to half a logit, and the gap does not close. Greedy picks are robust to small changes, so
+# the texts themselves part later or not at all. Neither is "the right answer": this model never saw a
+# text longer than its window. The re-encoded window is what training looked like (windows starting
+# mid-text); the sliding cache keeps information from beyond the window in its old keys and costs 256
+# times less per step. For a model trained with sliding-window attention (Mistral 7B) the sliding cache
+# is exact: the course tests that it computes what sliding-window attention over the whole text computes
+# (`tests/test_model.py`). `transformers`' default cache does a third thing: it never drops a position,
+# so the exported model of section 5 keeps attending to every token, across distances it never
+# trained on, and `transformers` warns when a text outgrows `max_position_embeddings`.
+
+# %% [markdown]
+# ## 5. Export to Hugging Face `transformers`
+#
+# Our layers follow Llama / Mixtral's conventions, so the trained MoE maps one to one onto a
+# `MixtralForCausalLM` (a dense model onto a `LlamaForCausalLM`). `save_hf(model, tokenizer, path)`
+# writes it as `transformers` expects: `config.json`, the weights in safetensors, and the tokenizer as a
+# `PreTrainedTokenizerFast` with `<|endoftext|>` as its bos, eos and pad token. We write into a
+# temporary folder.
+
+# %%
+import tempfile
+from pathlib import Path
+
+from transformers.utils import logging as hf_logging
+
+from moe_helpers.hf import check_exportable, from_hf, save_hf
+
+hf_logging.disable_progress_bar()                  # no progress bars for a 13 MB model
+EXPORT = Path(tempfile.mkdtemp(prefix="moe-export-")) / "laptop-moe"
+save_hf(model, tok, EXPORT)
+for path in sorted(EXPORT.iterdir()):
+    print(f"{path.name:24} {path.stat().st_size / 1e6:8.3f} MB")
+
+# %% [markdown]
+# From here on, no course code: `transformers` alone loads the folder.
+
+# %%
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+hf_model = AutoModelForCausalLM.from_pretrained(EXPORT).eval()
+hf_tok = AutoTokenizer.from_pretrained(EXPORT)
+hf_config = hf_model.config
+print(f"{type(hf_model).__name__}: {hf_config.num_hidden_layers} layers, hidden {hf_config.hidden_size}, "
+      f"{hf_config.num_local_experts} experts, {hf_config.num_experts_per_tok} per token, "
+      f"{hf_config.num_key_value_heads} key/value heads, {hf_model.dtype}")
+story = tok.decode(cached_out[0].tolist())
+assert hf_tok(story)["input_ids"] == tok.encode(story), "the two tokenizers should give the same ids"
+print("AutoTokenizer gives the course tokenizer's ids ✓")
+
+# %% [markdown]
+# **Logits.** Both models on the same batch of validation text, 4 windows of 256 tokens:
+
+# %%
+val_batch, _ = data.batch("val", 4, cfg.max_seq_len, generator=torch.Generator().manual_seed(1))   # (4, 256)
+with torch.no_grad():
+    ours = model(val_batch).logits
+    theirs = hf_model(val_batch).logits
+logit_gap = (ours - theirs).abs()
+print(f"max |Δlogits| = {logit_gap.max():.1e} (logits up to {ours.abs().max():.0f}); "
+      f"at positions 0-63: {logit_gap[:, :64].max():.1e}, at 192-255: {logit_gap[:, 192:].max():.1e}")
+assert logit_gap.max() <= 1e-4
+
+# %% [markdown]
+# Close, but not bit for bit, and the gap grows along the sequence. It comes from the rotary
+# embeddings: we compute their angles $\text{pos} \cdot \theta^{-2i/d}$ in float64 and round once;
+# `transformers` multiplies in float32, which is off by up to about 1e-5 radians near position 255.
+# Give our model `transformers`' own tables and the gap goes away:
+
+# %%
+import copy
+
+hf_cos, hf_sin = hf_model.model.rotary_emb(torch.zeros(1, L, cfg.d_model), torch.arange(L)[None])   # (1, L, hd)
+print(f"rotary tables, ours vs transformers': max |Δcos| {(attention.rope_cos - hf_cos[0]).abs().max():.1e}, "
+      f"max |Δsin| {(attention.rope_sin - hf_sin[0]).abs().max():.1e}")
+same_tables = copy.deepcopy(model)
+for block in same_tables.layers:
+    block.attention.rope_cos.copy_(hf_cos[0])
+    block.attention.rope_sin.copy_(hf_sin[0])
+with torch.no_grad():
+    same_tables_gap = (same_tables(val_batch).logits - theirs).abs().max().item()
+print(f"with transformers' rotary tables: max |Δlogits| = {same_tables_gap:.1e}")
+assert same_tables_gap <= 1e-5
+
+# %% [markdown]
+# **Generation.** `transformers`' `generate`, greedy (`do_sample=False`), from the same prompt. It keeps
+# its own KV cache (a `DynamicCache`) and stops at the end-of-story token; while the text fits in the
+# window it must pick the tokens our cached generation picked in section 2.
+
+# %%
+with torch.no_grad():
+    hf_out = hf_model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=N_FIT,
+                               do_sample=False)
+written = hf_out.shape[1] - P
+assert torch.equal(hf_out, cached_out[:, :hf_out.shape[1]]), "transformers picked other tokens"
+assert written == N_FIT or hf_out[0, -1] == tok.eot_id
+print(f"transformers wrote {written} tokens, the same as ours ✓\n")
+print(hf_tok.decode(hf_out[0], skip_special_tokens=True))
+
+# %% [markdown]
+# Its cache holds what ours holds: the rotated keys and the values of every layer, shaped
+# `(batch, n_kv_heads, positions, head_dim)`:
+
+# %%
+with torch.no_grad():
+    output = hf_model(prompt, use_cache=True)
+    hf_cache = output["cache"] if "cache" in output else output["past_key_values"]
+    our_cache = model.new_kv_cache()
+    model(prompt, cache=our_cache, with_routing=False)
+layer_pairs = list(zip(hf_cache.layers, our_cache.layers))
+key_gap = max((hf_layer.keys - our_layer.keys).abs().max().item() for hf_layer, our_layer in layer_pairs)
+value_gap = max((hf_layer.values - our_layer.values).abs().max().item() for hf_layer, our_layer in layer_pairs)
+hf_cache_bytes = sum(layer.keys.nbytes + layer.values.nbytes for layer in hf_cache.layers)
+print(f"{type(hf_cache).__name__}: {len(hf_cache.layers)} layers, keys {tuple(hf_cache.layers[0].keys.shape)}, "
+      f"{hf_cache_bytes:,} bytes (ours: {our_cache.nbytes:,})")
+print(f"max |Δ| keys {key_gap:.1e} (the rotary tables again), values {value_gap:.1e}")
+assert hf_cache_bytes == our_cache.nbytes == kv_cache_bytes(cfg, 1, P, torch.float32)
+assert key_gap <= 1e-5 and value_gap <= 1e-5
+
+# %% [markdown]
+# **What cannot be exported.** Some course models have parts Mixtral has no place for. Exporting them
+# would silently produce a model that computes something else, so `check_exportable` (called by
+# `to_hf` and `save_hf`) refuses them with a `ValueError` that names the field:
+
+# %%
+REFUSED = {
+    "a shared expert (DeepSeekMoE)": dict(num_shared_experts=1),
+    "a dense first block": dict(first_k_dense=1),
+    "top-k weights not renormalised": dict(renormalize_top_k=False),
+}
+for what, change in REFUSED.items():
+    try:
+        check_exportable(GPT(cfg.replace(**change)))
+    except ValueError as error:
+        print(f"{what}:\n    ValueError: {error}")
+    else:
+        raise AssertionError(f"{what} should have been refused")
+check_exportable(model)
+print("\nour upcycled model: exportable ✓")
+
+# %% [markdown]
+# Noisy gating, a capacity limit and a nonzero aux-loss-free expert bias are refused the same way; the
+# README lists them all, and `from_hf` likewise refuses Llama / Mixtral options our `ModelConfig` lacks
+# (biases, RoPE scaling, sliding-window attention, router jitter).
+#
+# **And back.** `from_hf` reads a Llama / Mixtral model, or its folder, into a `GPT`. The round trip
+# loses nothing: every weight comes back bit for bit, so the logits are identical too.
+
+# %%
+again = from_hf(EXPORT)
+ours_state, again_state = model.state_dict(), again.state_dict()
+bit_exact = ours_state.keys() == again_state.keys() and all(
+    torch.equal(ours_state[name], again_state[name]) for name in ours_state)
+with torch.no_grad():
+    same_logits = torch.equal(again(val_batch).logits, ours)
+print(f"from_hf(save_hf(model)): the same config: {again.cfg == cfg}, {len(ours_state)} tensors bit-exact: "
+      f"{bit_exact}, identical logits: {same_logits}")
+assert again.cfg == cfg and bit_exact and same_logits
+
+# %% [markdown]
+# ### From a run, and onto the hub
+#
+# The three-phase command of notebook 06 saves each phase's model this way as it finishes:
+# `<out>/hf/phase1` (a `LlamaForCausalLM`), `hf/phase2` and `hf/phase3` (`MixtralForCausalLM`), next to
+# the run's `tokenizer.json`. A finished run's checkpoint can be exported again at any time with the
+# `export` command:
+
+# %%
+from moe_helpers.pipeline import build_parser
+
+try:
+    build_parser().parse_args(["export", "--help"])            # what `python -m moe_helpers export --help` prints
+except SystemExit:
+    pass
+
+# %% [markdown]
+# Sharing the model is then two commands of the Hugging Face hub's client (`huggingface_hub`, installed
+# with `transformers`; they need a network connection and a write token, so they are not run here):
+#
+# ```bash
+# python -m moe_helpers train --preset laptop --out runs/laptop                # writes runs/laptop/hf/phase1..3
+# python -m moe_helpers export runs/laptop --phase 2 --out export/laptop-moe   # or any completed phase
+# hf auth login                                        # once; huggingface_hub < 1.0: huggingface-cli login
+# hf upload <your-name>/laptop-moe export/laptop-moe   # huggingface_hub < 1.0: huggingface-cli upload ...
+# ```
+#
+# (or `AutoModelForCausalLM.from_pretrained("export/laptop-moe").push_to_hub("<your-name>/laptop-moe")`).
+# Anyone can then load it with `AutoModelForCausalLM.from_pretrained("<your-name>/laptop-moe")` and
+# `AutoTokenizer.from_pretrained(...)`, without this course's code.
+#
+# The temporary folder is deleted now; set `KEEP_EXPORT = True` to keep it and look at its files.
+
+# %%
+import shutil
+
+KEEP_EXPORT = False   # True: keep the exported folder (config.json, model.safetensors, tokenizer)
+if KEEP_EXPORT:
+    print("kept", EXPORT)
+else:
+    shutil.rmtree(EXPORT.parent)
+    print("deleted", EXPORT.parent)
+
+# %% [markdown]
+# ## Exercises
+#
+# Each exercise asks you to implement one piece of this chapter in a stub function. Replace
+# `raise NotImplementedError` with your code and run the cell below it: it says *not attempted yet*
+# while your function is a stub, and otherwise compares it with the course's own implementation on
+# several cases and stops with a message if one of them is wrong.
+
+# %% [markdown]
+# **Exercise 1 — the cache's size by formula.** Write `kv_cache_bytes_by_hand(cfg, batch_size, seq_len,
+# bytes_per_value)`: the bytes of the KV cache of a `ModelConfig` after `seq_len` tokens of `batch_size`
+# sequences (section 3), from `cfg.n_layers`, `cfg.kv_heads`, `cfg.head_size` and `cfg.max_seq_len`
+# (the course's cache slides, so it never holds more than `max_seq_len` positions). The cases include
+# grouped-query attention, a `head_dim` that is not `d_model / n_heads`, and a sequence longer than
+# the window. Then: how many GiB does Mixtral-8x7B's cache take for 16 sequences of 32k tokens in
+# bfloat16?
+
+# %%
+def kv_cache_bytes_by_hand(cfg, batch_size, seq_len, bytes_per_value):
+    """Bytes of keys and values cached after ``seq_len`` tokens of ``batch_size`` sequences (an int)."""
+    raise NotImplementedError  # your code here
+
+
+# %%
+def check_kv_cache_bytes(fn):
+    dtypes = {4: torch.float32, 2: torch.bfloat16, 1: torch.int8}
+    cases = [(cfg, 1, 100, 4), (cfg, 3, 1000, 2),                         # the laptop MoE; past its window
+             (published_model("Mixtral-8x7B").config.replace(max_seq_len=32_768), 16, 32_768, 2),
+             (published_model("Qwen3-30B-A3B").config.replace(max_seq_len=32_768), 2, 5_000, 2),
+             (LAPTOP.model.replace(n_kv_heads=2, head_dim=48), 5, 17, 1)]
+    try:
+        answers = [fn(*case) for case in cases]
+    except NotImplementedError:
+        print("… kv_cache_bytes_by_hand: not attempted yet")
+        return
+    for number, ((config, batch, tokens, width), answer) in enumerate(zip(cases, answers), start=1):
+        expected = kv_cache_bytes(config, batch, tokens, dtypes[width])
+        ratio = answer / expected
+        hint = ("keys and values both" if ratio == 0.5 else
+                "one key/value head serves several query heads" if ratio == config.n_heads / config.kv_heads else
+                "how many positions does a sliding cache keep?" if ratio == tokens / config.max_seq_len else
+                "go through the formula of section 3 factor by factor")
+        assert answer == expected, (f"case {number} ({batch} x {tokens} tokens, {config.n_heads} heads, "
+                                    f"{config.kv_heads} kv heads): off by a factor {ratio:.3g}; hint: {hint}")
+    print(f"✓ kv_cache_bytes_by_hand: correct. Mixtral-8x7B, 16 x 32k tokens: {answers[2] / 2**30:.0f} GiB")
+
+
+check_kv_cache_bytes(kv_cache_bytes_by_hand)
+
+# %% [markdown]
+# **Exercise 2 — one decoding step of one attention layer.** Write `attend_with_cache(attention, x_new,
+# past_keys, past_values)`: the output of the `Attention` module `attention` for one new token
+# `x_new` (shape `(B, 1, d_model)`) whose earlier tokens' rotated keys and values are `past_keys`,
+# `past_values` (shape `(B, n_kv_heads, T, head_dim)`, with no window limit), as in section 1.1.
+# The new token sits at position `T`. Return `(output, keys, values)`: the output `(B, 1, d_model)`
+# and the keys and values with the new token's appended, `(B, n_kv_heads, T + 1, head_dim)`. Use the
+# module's weights (`attention.wq`, `wk`, `wv`, `wo`), its rotary tables (`attention.rope_cos`,
+# `rope_sin`) and its sizes (`n_heads`, `n_kv_heads`, `head_dim`). The cases include grouped-query
+# attention (two query heads per key/value head).
+
+# %%
+def attend_with_cache(attention, x_new, past_keys, past_values):
+    """(output (B, 1, d_model), keys (B, H_kv, T+1, hd), values (B, H_kv, T+1, hd))."""
+    raise NotImplementedError  # your code here
+
+
+# %%
+from moe_helpers.layers import Attention
+
+
+def check_attend_with_cache(fn):
+    torch.manual_seed(0)
+    cases = [(model.layers[LAYER].attention, x[:, :P], x[:, P:]),       # section 1.1's layer and token
+             (Attention(64, 4, 2, 16, 64), torch.randn(3, 20, 64), torch.randn(3, 1, 64)),   # GQA, batch 3
+             (Attention(64, 8, 1, 8, 64), torch.randn(2, 1, 64), torch.randn(2, 1, 64))]     # one kv head
+    for number, (module, x_past, x_next) in enumerate(cases, start=1):
+        reference = LayerKVCache(10_000)
+        with torch.no_grad():
+            module(x_past, reference)
+            past_keys, past_values = reference.keys.clone(), reference.values.clone()
+            expected = module(x_next, reference)
+            try:
+                answer = fn(module, x_next, past_keys, past_values)
+            except NotImplementedError:
+                print("… attend_with_cache: not attempted yet")
+                return
+        output, keys, values = answer
+        assert keys.shape == reference.keys.shape and torch.allclose(keys, reference.keys, atol=1e-5), (
+            f"case {number}: the keys (shape {tuple(keys.shape)}) are not the cache's: "
+            "was the new key rotated by position T and appended along the positions?")
+        assert torch.allclose(values, reference.values, atol=1e-5), f"case {number}: the values are not the cache's"
+        assert output.shape == expected.shape, f"case {number}: output shape {tuple(output.shape)}, expected {tuple(expected.shape)}"
+        gap = (output - expected).abs().max().item()
+        assert gap <= 1e-5, (f"case {number}: the output is off by {gap:.1e}: check the query's rotation, the "
+                             "1/sqrt(head_dim) scale and which key/value head each query head reads")
+    print("✓ attend_with_cache: correct")
+
+
+check_attend_with_cache(attend_with_cache)
+
+# %% [markdown]
+# **Exercise 3 — the decoding loop.** Write `greedy_generate(model, prompt, new_tokens)`: greedy
+# generation with the model's KV cache, as `model.generate(prompt, new_tokens, temperature=0)` does,
+# in a loop of your own: make a cache with `model.new_kv_cache()`, feed the prompt once, then one token
+# per step with `model(idx, cache=cache)`, appending the most likely token each time. Return the prompt
+# followed by the new tokens, `(B, P + new_tokens)`. The cases include a batch of two prompts and a
+# text that runs past `max_seq_len` (the cache slides by itself).
+
+# %%
+def greedy_generate(model, prompt, new_tokens):
+    """prompt (B, P) -> (B, P + new_tokens), greedy, one token read per step after the prompt."""
+    raise NotImplementedError  # your code here
+
+
+# %%
+def check_greedy_generate(fn):
+    two_prompts = torch.tensor([tok.encode("Once upon a time"), tok.encode("One day, a big dog")[:4]])
+    cases = [(prompt, 20), (two_prompts, 12), (prompt, N_FIT + 20)]
+    for number, (start, new_tokens) in enumerate(cases, start=1):
+        read = []                                    # tokens the model reads, call by call
+        hook = model.register_forward_pre_hook(lambda module, args: read.append(args[0].shape[1]))
+        try:
+            with torch.no_grad():
+                answer = fn(model, start, new_tokens)
+        except NotImplementedError:
+            print("… greedy_generate: not attempted yet")
+            return
+        finally:
+            hook.remove()
+        expected = model.generate(start, new_tokens, temperature=0)
+        assert tuple(answer.shape) == tuple(expected.shape), (
+            f"case {number}: shape {tuple(answer.shape)}, expected {tuple(expected.shape)} (prompt included)")
+        wrong = (answer != expected).nonzero()
+        assert len(wrong) == 0, (f"case {number}: first different token at position {wrong[0, 1].item()}: "
+                                 "does each step feed the cache the token it just picked?")
+        assert sum(read) == start.shape[1] + new_tokens - 1, (
+            f"case {number}: the model read {sum(read)} tokens in {len(read)} calls for {new_tokens} new "
+            f"tokens; with the cache it needs the prompt once ({start.shape[1]}) and then one token a step")
+    print("✓ greedy_generate: correct")
+
+
+check_greedy_generate(greedy_generate)
