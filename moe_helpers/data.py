@@ -7,7 +7,7 @@ Sources, chosen with ``source=``:
                    only when the budget is None);
 * a folder       -- laid out like the hub's download (``data/train-*.parquet`` and
                    ``data/validation-*.parquet``, column ``text``), as
-                   ``huggingface-cli download --repo-type dataset roneneldan/TinyStories
+                   ``hf download --repo-type dataset roneneldan/TinyStories
                    --local-dir DIR`` leaves it; read by the same code as the hub;
 * a file         -- one TinyStories file: ``.txt`` with ``<|endoftext|>`` between
                    stories, ``.jsonl`` / ``.json`` with a ``text`` field, or ``.parquet``;
@@ -159,7 +159,7 @@ def hub_shaped_shards(folder) -> dict[str, list[Path]]:
         raise ValueError(
             f"{folder} is not laid out like the hub's TinyStories: expected parquet shards "
             f"{HUB_SHARDS['train']} and {HUB_SHARDS['validation']} with a 'text' column, as "
-            f"`huggingface-cli download --repo-type dataset {HUB_DATASET} --local-dir {folder}` leaves "
+            f"`hf download --repo-type dataset {HUB_DATASET} --local-dir {folder}` leaves "
             f"them; found {found or 'no files'}")
     return shards
 

@@ -1,6 +1,6 @@
 """A folder laid out like the hub's TinyStories download, filled with generated stories.
 
-``huggingface-cli download --repo-type dataset roneneldan/TinyStories --local-dir DIR``
+``hf download --repo-type dataset roneneldan/TinyStories --local-dir DIR``
 leaves the stories in parquet shards with one ``text`` column::
 
     DIR/data/train-00000-of-00004-2d5a1467fff1081b.parquet

@@ -435,7 +435,7 @@ def export_main(args) -> int:
         return 2
     print(f"Saved for transformers: {path}\n"
           f"  load:  AutoModelForCausalLM.from_pretrained({str(path)!r}), AutoTokenizer.from_pretrained(...)\n"
-          f"  share: huggingface-cli upload <your-name>/<model-name> {path}")
+          f"  share: hf upload <your-name>/<model-name> {path}   (huggingface_hub < 1.0: huggingface-cli upload)")
     return 0
 
 

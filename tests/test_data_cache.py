@@ -148,7 +148,7 @@ def test_a_folder_without_the_hub_layout_is_rejected(tmp_path, layout):
             call()
         message = str(error.value)
         assert "data/train-*.parquet" in message and "data/validation-*.parquet" in message
-        assert "huggingface-cli download" in message and str(folder) in message
+        assert "hf download" in message and str(folder) in message
 
 
 # ------------------------------------------------------------- budgets

@@ -196,7 +196,7 @@ def test_each_phase_is_saved_for_transformers(finished_run):
 def test_export_command_writes_a_loadable_folder(finished_run, tmp_path, capsys):
     out, _ = finished_run
     assert main(["export", str(out), "--phase", "2", "--out", str(tmp_path / "moe")]) == 0
-    assert "huggingface-cli upload" in capsys.readouterr().out
+    assert "hf upload" in capsys.readouterr().out
     _loads_with_transformers_alone(tmp_path / "moe", _checkpoint_model(out, 2))
     assert main(["export", str(out), "--out", str(tmp_path / "last")]) == 0          # default: the last phase
     assert json.loads((tmp_path / "last" / "config.json").read_text())["num_hidden_layers"] == \
