@@ -83,7 +83,7 @@ def models(with_moe: bool) -> dict:
     return chosen
 
 
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--new-tokens", type=int, default=256)
     parser.add_argument("--prompt-tokens", type=int, default=8)
@@ -120,7 +120,8 @@ def main() -> None:
             if over_theirs < TARGET_CACHED_OVER_TRANSFORMERS:
                 failures.append(f"{label}: cached / transformers {over_theirs:.2f}x")
     print("\nall targets met" if not failures else "\nmissed: " + "; ".join(failures))
+    return 1 if failures else 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -60,7 +60,7 @@ def exported(model: GPT, implementation: str):
     return hf_model, None
 
 
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--seq-len", type=int, default=128)
@@ -117,7 +117,8 @@ def main() -> None:
             if ratio > TARGET_OURS_OVER_THEIRS:
                 missed.append(f"ours / {name} {ratio:.2f}")
     print("\nall targets met" if not missed else "\nmissed: " + "; ".join(missed))
+    return 1 if missed else 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())
