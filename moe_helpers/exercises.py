@@ -4,8 +4,8 @@ Each notebook ends with two or three exercises.  An exercise is a stub function
 that you fill in; ``check(name, fn)`` runs your function on hidden test cases
 (made here from fixed seeds, edge cases included: ties, k = 1, an expert that
 receives no tokens, ...) and compares it with the course's own implementation
-(``moe_helpers.layers``, ``moe``, ``accounting``, ``growth``) to a stated
-tolerance.  It answers with one of three verdicts:
+(``moe_helpers.layers``, ``moe``, ``model``, ``accounting``, ``growth``,
+``parallel``) to a stated tolerance.  It answers with one of three verdicts:
 
 * **not attempted yet**: the stub still raises ``NotImplementedError`` (or returns ``None``);
 * **correct**;
@@ -37,12 +37,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .accounting import count_from_config, flops_per_token, memory_bytes
+from .accounting import all_to_all_bytes, count_from_config, flops_per_token, kv_cache_bytes, memory_bytes
 from .config import ModelConfig, preset
 from .growth import grow, preservation_report, upcycle, widen_linear
-from .layers import FeedForward, RMSNorm
+from .layers import Attention, FeedForward, LayerKVCache, RMSNorm, apply_rope
 from .model import GPT, Block
 from .moe import Router, count_per_expert, load_balancing_loss
+from .parallel import ExpertParallelRoutingStats
+from .real_models import published_model
 
 NOT_ATTEMPTED, CORRECT, WRONG = "not attempted yet", "correct", "wrong"
 
@@ -1197,3 +1199,401 @@ def _check_expert_load_share(learner) -> str:
         hint = _diagnose(answer, variants, "count the slots of each expert, then divide by the number of slots")
         raise _Mistake(f"{label}: your shares differ from moe_helpers.moe.RoutingStats.load_share.", hint)
     return f"{len(cases)} hidden cases agree with moe_helpers.moe.RoutingStats.load_share (tolerance 1e-6)."
+
+
+# ===================================================== 07 · inference and export
+_BYTE_DTYPES = {1: torch.int8, 2: torch.bfloat16, 4: torch.float32, 8: torch.float64}
+
+
+def _kv_cache_cases() -> list[tuple[str, ModelConfig, int, int, int]]:
+    """(description, config, batch_size, seq_len, bytes_per_value) for the KV-cache check."""
+    laptop_moe = preset("laptop").phase_configs()[1]
+    long_context = dict(max_seq_len=32_768)
+    return [
+        ("the laptop MoE, one sequence of 100 tokens, float32", laptop_moe, 1, 100, 4),
+        ("the laptop MoE, 3 sequences of 1 000 tokens (past its window), bfloat16", laptop_moe, 3, 1000, 2),
+        ("grouped-query attention and an explicit head_dim, 5 sequences of 17 tokens, one byte a value",
+         preset("laptop").model.replace(n_kv_heads=2, head_dim=48), 5, 17, 1),
+        ("Mixtral-8x7B, 16 sequences of 32k tokens, bfloat16",
+         published_model("Mixtral-8x7B").config.replace(**long_context), 16, 32_768, 2),
+        ("Qwen3-30B-A3B (head_dim 128 on a narrower model), 2 sequences of 5 000 tokens, bfloat16",
+         published_model("Qwen3-30B-A3B").config.replace(**long_context), 2, 5000, 2),
+        ("the tiny model, 2 sequences exactly as long as its window, float64", preset("tiny").model, 2, 64, 8),
+    ]
+
+
+def _kv_bytes_with(cfg: ModelConfig, batch_size: int, seq_len: int, bytes_per_value: int,
+                   mistake: str | None = None) -> int:
+    """Bytes of the KV cache by formula, or with one typical ``mistake`` (see ``_KV_HINTS``)."""
+    heads = cfg.n_heads if mistake == "all_heads" else cfg.kv_heads
+    head_dim = cfg.d_model // cfg.n_heads if mistake == "head_dim" else cfg.head_size
+    width = cfg.d_model if mistake == "d_model" else heads * head_dim              # values per position and layer
+    positions = seq_len if mistake == "no_window" else min(seq_len, cfg.max_seq_len)
+    tensors = 1 if mistake == "keys_only" else 2                                     # keys and values
+    layers = 1 if mistake == "one_layer" else cfg.n_layers
+    batch = 1 if mistake == "one_sequence" else batch_size
+    return tensors * layers * batch * width * positions * bytes_per_value
+
+
+_KV_HINTS = {
+    "keys_only": "every layer caches keys *and* values",
+    "no_window": "the course's cache slides: past max_seq_len it keeps only the latest max_seq_len positions",
+    "all_heads": "the cache keeps only the cfg.kv_heads key/value heads, not one per query head "
+                 "(grouped-query attention)",
+    "d_model": "a position's keys are kv_heads x head_size values, which need not be d_model",
+    "head_dim": "each key/value head has cfg.head_size values, which need not be d_model / n_heads",
+    "one_layer": "every layer keeps its own keys and values: multiply by n_layers",
+    "one_sequence": "every sequence of the batch has its own cache: multiply by batch_size",
+}
+
+
+@_exercise("07_inference_and_hf", "kv_cache_bytes_by_hand(cfg, batch_size, seq_len, bytes_per_value): the bytes "
+           "of the KV cache, by formula", _block_error_hint)
+def _check_kv_cache_bytes_by_hand(learner) -> str:
+    cases = _kv_cache_cases()
+    for label, (_, cfg, batch_size, seq_len, value_bytes) in zip(_labels([c[0] for c in cases]), cases):
+        expected = kv_cache_bytes(cfg, batch_size, seq_len, _BYTE_DTYPES[value_bytes])
+        answer = _number(learner(label, cfg, batch_size, seq_len, value_bytes), label)
+        if answer == expected:
+            continue
+        hint = next((text for mistake, text in _KV_HINTS.items()
+                     if answer == _kv_bytes_with(cfg, batch_size, seq_len, value_bytes, mistake)),
+                    "2 (keys and values) x layers x batch x key/value heads x head size x positions kept x bytes")
+        raise _Mistake(f"{label}: your count differs from moe_helpers.accounting.kv_cache_bytes.", hint)
+    return f"{len(cases)} hidden cases agree with moe_helpers.accounting.kv_cache_bytes, exactly."
+
+
+def _attend_reference(attention: Attention, x_new, past_keys, past_values):
+    """(output, keys, values) of ``Attention.forward`` for one new token after a ``LayerKVCache``
+    that holds ``past_keys`` and ``past_values`` (and keeps every position)."""
+    T = past_keys.shape[2]
+    cache = LayerKVCache(T + 1)
+    if T:
+        cache.keys, cache.values, cache.seen = past_keys.clone(), past_values.clone(), T
+    with torch.no_grad():
+        output = attention(x_new, cache)                                      # (B, 1, d_model)
+    return output, cache.keys, cache.values
+
+
+def _attend_by_hand(attention: Attention, x_new, past_keys, past_values, *, rotate_query=True, query_shift=0,
+                    rotate_key=True, key_shift=0, rotate_values=False, prepend=False, see_itself=True,
+                    tile=False, scale=None, causal=False, project=True):
+    """One new token attending to the cache, step by step as in notebook 07 section 1.1; each
+    keyword makes one typical mistake."""
+    B, T = x_new.shape[0], past_keys.shape[2]
+    H, H_kv, hd = attention.n_heads, attention.n_kv_heads, attention.head_dim
+
+    def rotate(t, position):                                                  # (B, heads, 1, hd)
+        return apply_rope(t, attention.rope_cos[position:position + 1], attention.rope_sin[position:position + 1])
+
+    def expand(t):                                                            # (B, H_kv, L, hd) -> (B, H, L, hd)
+        return t.repeat(1, H // H_kv, 1, 1) if tile else t.repeat_interleave(H // H_kv, dim=1)
+
+    with torch.no_grad():
+        q = attention.wq(x_new).view(B, 1, H, hd).transpose(1, 2)             # (B, H, 1, hd)
+        k = attention.wk(x_new).view(B, 1, H_kv, hd).transpose(1, 2)          # (B, H_kv, 1, hd)
+        v = attention.wv(x_new).view(B, 1, H_kv, hd).transpose(1, 2)
+        q = rotate(q, T + query_shift) if rotate_query else q
+        k = rotate(k, T + key_shift) if rotate_key else k
+        v = rotate(v, T) if rotate_values else v
+        keys = torch.cat([k, past_keys] if prepend else [past_keys, k], dim=2)          # (B, H_kv, T + 1, hd)
+        values = torch.cat([v, past_values] if prepend else [past_values, v], dim=2)
+        seen_keys, seen_values = (keys, values) if see_itself else (past_keys, past_values)
+        scores = q @ expand(seen_keys).transpose(-2, -1) * (1 / math.sqrt(hd) if scale is None else scale)
+        if causal:                                # is_causal=True with one query: only the first key stays
+            scores[..., 1:] = float("-inf")
+        out = (scores.softmax(-1) @ expand(seen_values)).transpose(1, 2).reshape(B, 1, H * hd)   # (B, 1, H*hd)
+        return (attention.wo(out) if project else out), keys, values
+
+
+def _attend_error_hint(error: Exception) -> str:
+    text = str(error)
+    if "except in dimension" in text:
+        return ("append along the positions: torch.cat([past_keys, k], dim=2), with the new k shaped "
+                "(B, n_kv_heads, 1, head_dim)")
+    if "must match" in text or "size of tensor" in text:
+        return ("the cache has n_kv_heads heads: repeat each one n_heads // n_kv_heads times along dim 1 "
+                "before attending")
+    if "invalid for input of size" in text:
+        return "split into heads with the module's sizes: attention.n_heads, attention.n_kv_heads, attention.head_dim"
+    return ""
+
+
+@_exercise("07_inference_and_hf", "attend_with_cache(attention, x_new, past_keys, past_values): one new token's "
+           "attention over a KV cache; (output, keys, values)", _attend_error_hint)
+def _check_attend_with_cache(learner) -> str:
+    g = _generator(701)
+    descriptions = ["4 heads, 4 key/value heads, 5 cached tokens",
+                    "grouped-query: 4 query heads, 2 key/value heads, a batch of 3, 20 cached tokens",
+                    "one key/value head for 8 query heads, one cached token",
+                    "head_dim 16 on a 24-wide model, the last position of the rotary tables",
+                    "an empty cache: the first token"]
+    shapes = [  # (d_model, H, H_kv, hd, max_seq_len, B, T cached)
+        (16, 4, 4, 4, 16, 1, 5), (32, 4, 2, 8, 32, 3, 20), (32, 8, 1, 4, 16, 2, 1), (24, 4, 2, 16, 32, 1, 31),
+        (16, 2, 1, 8, 16, 2, 0)]
+    for label, (d, H, H_kv, hd, max_len, B, T) in zip(_labels(descriptions), shapes):
+        attention = _randomise(Attention(d, H, H_kv, hd, max_len), g, 0.3).eval()
+        x_new = torch.randn(B, 1, d, generator=g)                             # (B, 1, d_model)
+        past_keys = torch.randn(B, H_kv, T, hd, generator=g)                  # (B, H_kv, T, hd), rotated
+        past_values = torch.randn(B, H_kv, T, hd, generator=g)
+        expected, expected_keys, expected_values = _attend_reference(attention, x_new, past_keys, past_values)
+        kept = past_keys.clone(), past_values.clone()
+        out = learner(label, attention, x_new.clone(), past_keys, past_values)
+        if not (torch.equal(past_keys, kept[0]) and torch.equal(past_values, kept[1])):
+            raise _Mistake(f"{label}: your function changed past_keys or past_values.",
+                           "torch.cat builds new tensors: leave the cached ones as they are")
+        if not (isinstance(out, (tuple, list)) and len(out) == 3):
+            raise _Mistake(f"{label}: return a triple (output, keys, values), got {type(out).__name__}.")
+        output, keys, values = (_tensor(t, label, what) for t, what in zip(out, ("output", "keys", "values")))
+
+        def mistake(part, **kind):
+            return lambda: _attend_by_hand(attention, x_new, past_keys, past_values, **kind)[part]
+
+        if H != H_kv and tuple(keys.shape) == (B, H, T + 1, hd):
+            raise _Mistake(f"{label}: keys has shape {tuple(keys.shape)}, expected {tuple(expected_keys.shape)}.",
+                           "the cache keeps the n_kv_heads key/value heads: repeat them for the query heads "
+                           "only to attend, not in what you return")
+        _require_shape(keys, expected_keys.shape, label, "keys",
+                       "append the new key after the cached ones, along the positions (dim 2)")
+        if not _close(keys, expected_keys, atol=1e-5):
+            position = "rotate the new key by its own position, T = past_keys.shape[2] (positions count from 0)"
+            hint = _diagnose(keys, [
+                ("keys are cached *after* rotation: rotate the new key by position T before appending it",
+                 mistake(1, rotate_key=False)),
+                (position, mistake(1, key_shift=-1)), (position, mistake(1, key_shift=1)),
+                ("append the new key *after* the cached ones: position T comes last", mistake(1, prepend=True)),
+            ], "keys = the cached keys, then the new token's key (wk x_new, split into heads, rotated by position T)",
+                atol=1e-5)
+            raise _Mistake(f"{label}: your keys differ from the cache's (moe_helpers.layers.LayerKVCache).", hint)
+        _require_shape(values, expected_values.shape, label, "values",
+                       "append the new value after the cached ones, along the positions (dim 2)")
+        if not _close(values, expected_values, atol=1e-5):
+            hint = _diagnose(values, [
+                ("values are never rotated: only queries and keys carry the position", mistake(2, rotate_values=True)),
+                ("append the new value *after* the cached ones: position T comes last", mistake(2, prepend=True)),
+            ], "values = the cached values, then wv x_new split into heads (no rotation)", atol=1e-5)
+            raise _Mistake(f"{label}: your values differ from the cache's (moe_helpers.layers.LayerKVCache).", hint)
+        _require_shape(output, expected.shape, label, "the output",
+                       "the output projection wo maps the heads back to d_model: (B, 1, d_model)")
+        if torch.isnan(output).any():
+            raise _Mistake(f"{label}: your output contains NaN.",
+                           "the new token attends to itself too: append its key and value, then attend")
+        if _close(output, expected, atol=1e-5):
+            continue
+        query = "the query sits at position T too: rotate it by the new key's angles"
+        hint = _diagnose(output, [
+            ("rotate the query by position T too, as the new key", mistake(0, rotate_query=False)),
+            (query, mistake(0, query_shift=-1)), (query, mistake(0, query_shift=1)),
+            ("query head h reads key/value head h // (n_heads / n_kv_heads): repeat each head in place "
+             "(0, 0, 1, 1), don't tile the heads (0, 1, 0, 1)", mistake(0, tile=True)),
+            ("scale the scores by 1 / sqrt(head_dim) before the softmax", mistake(0, scale=1.0)),
+            ("the scale is 1 / sqrt(head_dim), not 1 / head_dim", mistake(0, scale=1 / hd)),
+            ("no causal mask here: the cache holds only the past, and is_causal=True with a single query "
+             "lets it see only the first key", mistake(0, causal=True)),
+            ("the new token attends to itself too: append its key and value, then attend",
+             mistake(0, see_itself=False)),
+            ("finish with the output projection wo", mistake(0, project=False)),
+        ], "softmax(q K^T / sqrt(head_dim)) V over the T + 1 keys, each key/value head repeated for its "
+           "query heads, then wo", atol=1e-5)
+        raise _Mistake(f"{label}: your output differs from Attention.forward with a LayerKVCache.", hint)
+    return (f"{len(shapes)} hidden cases agree with moe_helpers.layers.Attention and LayerKVCache "
+            "(tolerance 1e-5).")
+
+
+_GENERATE_CONFIG = ModelConfig(vocab_size=48, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=48,
+                               max_seq_len=16, num_experts=4, top_k=2)
+
+
+def _greedy_first_position(model: GPT, prompt, new_tokens):
+    """Greedy decoding with the cache that reads the *first* position's logits: a typical mistake."""
+    cache, idx, pending = model.new_kv_cache(), prompt, prompt
+    with torch.no_grad():
+        for _ in range(new_tokens):
+            pending = model(pending, cache=cache).logits[:, 0].argmax(-1, keepdim=True)   # (B, 1)
+            idx = torch.cat([idx, pending], dim=1)
+    return idx
+
+
+@_exercise("07_inference_and_hf", "greedy_generate(model, prompt, new_tokens): greedy decoding with the KV cache, "
+           "the prompt read once and one token a step")
+def _check_greedy_generate(learner) -> str:
+    g = _generator(702)
+    model = _randomise(GPT(_GENERATE_CONFIG), g, 0.3).eval()
+    vocab, window = _GENERATE_CONFIG.vocab_size, _GENERATE_CONFIG.max_seq_len
+    descriptions = ["one 5-token prompt, 8 new tokens", "a batch of two prompts, 6 new tokens",
+                    f"past max_seq_len: 6 prompt tokens and 20 new ones in a {window}-token window",
+                    "one new token", "zero new tokens: the prompt itself"]
+    cases = [(torch.randint(0, vocab, (1, 5), generator=g), 8), (torch.randint(0, vocab, (2, 4), generator=g), 6),
+             (torch.randint(0, vocab, (1, 6), generator=g), 20), (torch.randint(0, vocab, (2, 3), generator=g), 1),
+             (torch.randint(0, vocab, (1, 4), generator=g), 0)]
+    for label, (prompt, new_tokens) in zip(_labels(descriptions), cases):
+        B, P = prompt.shape
+        expected = model.generate(prompt, new_tokens, temperature=0)          # (B, P + new_tokens)
+        calls = []                                                            # (tokens read, cache) per call
+
+        def record(module, args, kwargs):
+            idx = args[0] if args else kwargs.get("idx")
+            cache = args[2] if len(args) > 2 else kwargs.get("cache")
+            calls.append((idx.shape[-1] if isinstance(idx, torch.Tensor) else 0, cache))
+
+        handle = model.register_forward_pre_hook(record, with_kwargs=True)
+        try:
+            answer = _tensor(learner(label, model, prompt.clone(), new_tokens), label)
+        finally:
+            handle.remove()
+        if tuple(answer.shape) == (B, new_tokens) and new_tokens and torch.equal(answer.long(), expected[:, P:]):
+            raise _Mistake(f"{label}: you returned only the new tokens.", "return the prompt followed by the new tokens")
+        if new_tokens == 0 and tuple(answer.shape) != (B, P):
+            raise _Mistake(f"{label}: you returned shape {tuple(answer.shape)}, expected {(B, P)}.",
+                           "new_tokens = 0 asks for no new token: return the prompt as it is (don't pick a token "
+                           "before the loop)")
+        _require_shape(answer, expected.shape, label, hint="the prompt followed by new_tokens tokens: "
+                                                           "the loop picks one token a step, new_tokens times")
+        caches = [cache for _, cache in calls if cache is not None]
+        if not torch.equal(answer.long(), expected):
+            wrong = (answer.long() != expected).nonzero()[0, 1].item()
+            if len({id(cache) for cache in caches}) > 1:
+                hint = ("make one cache before the loop (model.new_kv_cache()) and keep it: a fresh cache has "
+                        "forgotten the text")
+            elif caches and any(read > 1 for read, _ in calls[1:]):
+                hint = "the cache already holds the text: after the prompt, feed it only the token just picked"
+            elif torch.equal(answer.long(), _greedy_first_position(model, prompt, new_tokens)):
+                hint = "the next token comes from the logits of the last position read (logits[:, -1])"
+            else:
+                hint = ("greedy: each step appends logits[:, -1].argmax(-1) and feeds that token to the same cache, "
+                        "which slides by itself past max_seq_len")
+            raise _Mistake(f"{label}: your tokens differ from model.generate(..., temperature=0) from "
+                           f"position {wrong} on.", hint)
+        read, wanted = sum(read for read, _ in calls), (P + new_tokens - 1 if new_tokens else 0)
+        if read != wanted:
+            if not caches:
+                hint = ("the tokens are right, but the model re-read the text: pass the cache, "
+                        "model(idx, cache=cache), and feed it the prompt once, then only the new token")
+            elif len({id(cache) for cache in caches}) > 1:
+                hint = ("make one cache before the loop (model.new_kv_cache()) and keep it: with a fresh cache "
+                        "every step, the model re-reads the whole text")
+            else:
+                hint = "with the cache the model reads the prompt once, then only the token just picked"
+            raise _Mistake(f"{label}: the model read {read} tokens in {len(calls)} calls for {new_tokens} new "
+                           f"tokens after a {P}-token prompt.", hint)
+    return (f"{len(cases)} hidden cases: the tokens of moe_helpers.model.GPT.generate(temperature=0), the prompt "
+            "read once and one token a step.")
+
+
+# ========================================================= 08 · scaling out
+def _send_matrix_bytes(send_matrix: torch.Tensor, d_model: int, bytes_per_value: int) -> int:
+    """Bytes by ``ExpertParallelRoutingStats.bytes_sent``, the statistics of an expert-parallel pass."""
+    W = send_matrix.shape[0]
+    stats = ExpertParallelRoutingStats(aux_loss=torch.zeros(()), tokens_per_expert=send_matrix.sum(0),
+                                       mean_prob=torch.full((W,), 1 / W), top_k_experts=torch.zeros(0, 1),
+                                       dropped_slots=torch.zeros(()), send_matrix=send_matrix)
+    return stats.bytes_sent(d_model, bytes_per_value)
+
+
+@_exercise("08_scaling_out", "bytes_sent(send_matrix, d_model, bytes_per_value): the bytes an expert-parallel MoE "
+           "layer's forward pass sends between ranks")
+def _check_bytes_sent(learner) -> str:
+    g = _generator(801)
+    descriptions = ["4 ranks, uneven traffic, float64 vectors of 16", "8 ranks, DeepSeek-V3's width, bfloat16",
+                    "3 ranks: everything stays on its rank", "one rank: nothing travels",
+                    "2 ranks, traffic one way only"]
+    cases = [(torch.randint(150, 350, (4, 4), generator=g), 16, 8), (torch.randint(0, 1000, (8, 8), generator=g), 7168, 2),
+             (torch.diag(torch.tensor([5, 7, 9])), 4096, 2), (torch.tensor([[3]]), 16, 4),
+             (torch.tensor([[4, 0], [10, 6]]), 8, 4)]
+    for label, (matrix, d, b) in zip(_labels(descriptions), cases):
+        expected = _send_matrix_bytes(matrix, d, b)
+        answer = _number(learner(label, matrix.clone(), d, b), label)
+        if answer == expected:
+            continue
+        W, total = matrix.shape[0], int(matrix.sum())
+        off = total - int(matrix.diagonal().sum())                            # slots that left their rank
+        variants = [
+            ("every slot that leaves its rank comes back with its result: count dispatch and combine",
+             [off * d * b]),
+            ("the diagonal never leaves its rank: count only the off-diagonal slots", [2 * total * d * b]),
+            ("the diagonal never leaves its rank, and every slot that leaves comes back (dispatch and combine)",
+             [total * d * b]),
+            ("each slot is a d_model-vector of bytes_per_value bytes", [2 * off, 2 * off * d, 2 * off * b]),
+            ("count the slots this matrix sends, not the expectation for uniform routing",
+             [2 * total * d * b * (1 - 1 / W)]),
+            ("count every off-diagonal slot, both directions: rank s to rank d and d to s are different sends",
+             [2 * int(matrix.triu(1).sum()) * d * b, 2 * int(matrix.tril(-1).sum()) * d * b]),
+            ("all ranks together, not per rank", [2 * off * d * b / W]),
+        ]
+        hint = next((text for text, values in variants if any(math.isclose(answer, v) for v in values)),
+                    "2 x (slots off the diagonal) x d_model x bytes_per_value")
+        raise _Mistake(f"{label}: your bytes differ from ExpertParallelRoutingStats.bytes_sent "
+                       "(moe_helpers.parallel).", hint)
+    return f"{len(cases)} hidden send matrices agree with moe_helpers.parallel's bytes_sent, exactly."
+
+
+def _rank_holding(num_experts: int, ranks: int) -> list[int]:
+    """The rank of every expert as ``ExpertParallelMoE`` lays them out: rank r keeps
+    ``experts_per_rank = E // W`` experts from ``first_expert = r * experts_per_rank``."""
+    experts_per_rank = num_experts // ranks
+    return [rank for rank in range(ranks) for _ in range(experts_per_rank)]
+
+
+@_exercise("08_scaling_out", "rank_of_expert(expert, num_experts, ranks): the rank that holds an expert under "
+           "ExpertParallelMoE's layout")
+def _check_rank_of_expert(learner) -> str:
+    layouts = [(8, 4), (8, 1), (8, 8), (256, 64), (12, 3), (6, 2)]
+    descriptions = ["8 experts over 4 ranks (section 2)", "8 experts on a single rank", "one expert per rank",
+                    "DeepSeek-V3: 256 experts over 64 ranks", "12 experts over 3 ranks", "6 experts over 2 ranks"]
+    for label, (E, W) in zip(_labels(descriptions), layouts):
+        expected = _rank_holding(E, W)                                        # the rank of each expert
+        answers = [_number(learner(label, expert, E, W), label, "the rank") for expert in range(E)]
+        if answers == expected:
+            continue
+        expert = next(e for e, (answer, rank) in enumerate(zip(answers, expected)) if answer != rank)
+        per_rank, experts = E // W, range(E)
+        variants = [
+            ("that deals the experts out in turn (round-robin); ExpertParallelMoE gives each rank a "
+             "contiguous block of E / W experts", [e % W for e in experts]),
+            ("divide by the number of experts each rank holds (E / W), not by the number of ranks",
+             [e // W for e in experts]),
+            ("ranks are numbered from 0", [e // per_rank + 1 for e in experts]),
+            ("a rank is a whole number: use floor division (//)", [e / per_rank for e in experts]),
+            ("expert 0 is on rank 0 and each rank holds E / W consecutive experts: no rounding up",
+             [-(-e // per_rank) for e in experts]),
+            ("expert 0 is on rank 0 and each rank holds E / W consecutive experts: no rounding up",
+             [(e + 1) // per_rank for e in experts]),
+        ]
+        hint = next((text for text, values in variants if answers == values),
+                    "rank r holds experts r * E/W ... (r + 1) * E/W - 1")
+        raise _Mistake(f"{label}: expert {expert} is not on rank {answers[expert]}.", hint)
+    return (f"{len(layouts)} hidden layouts, every expert: the same ranks as moe_helpers.parallel.ExpertParallelMoE "
+            "gives them.")
+
+
+@_exercise("08_scaling_out", "all_to_all_limit_mb(tokens, top_k, d_model, bytes_per_value): the MB one MoE layer's "
+           "forward pass sends as ranks grow without bound")
+def _check_all_to_all_limit_mb(learner) -> str:
+    descriptions = ["1 000 tokens, top-3, d_model 64, float32", "Mixtral-8x7B: 32k tokens, top-2, bfloat16",
+                    "DeepSeek-V3: 32k tokens, top-8, bfloat16", "one token, top-1, d_model 16, float64"]
+    cases = [(1000, 3, 64, 4), (32_768, 2, 4096, 2), (32_768, 8, 7168, 2), (1, 1, 16, 8)]
+    for label, (tokens, k, d, b) in zip(_labels(descriptions), cases):
+        expected = all_to_all_bytes(tokens, k, d, b, math.inf) / 1e6          # 1 - 1/ranks -> 1
+        answer = _number(learner(label, tokens, k, d, b), label)
+        if math.isclose(answer, expected, rel_tol=1e-6):
+            continue
+        variants = [
+            ("every slot travels twice: to its expert's rank (dispatch) and back with the result (combine)",
+             expected / 2),
+            ("each token sends top_k slots, one to each of its experts", expected / k),
+            ("each value takes bytes_per_value bytes", expected / b),
+            ("each slot is a d_model-vector", expected / d),
+            ("MB here are 10^6 bytes, not 2^20", expected * 1e6 / 2**20),
+            ("the answer is in MB (10^6 bytes), not in bytes", expected * 1e6),
+            ("the answer is in MB, not in GB", expected / 1e3),
+            ("1 - 1/ranks tends to 1, not 0: in the limit nearly every slot leaves its rank", 0.0),
+        ]
+        variants += [(f"that is the value for {W} ranks: what does 1 - 1/ranks tend to as ranks grows?",
+                      expected * (1 - 1 / W)) for W in range(2, 65)]
+        hint = next((text for text, value in variants if math.isclose(answer, value, rel_tol=1e-6)), None)
+        if hint is None and expected * 0.99 < answer < expected:
+            hint = "nearly: take the limit exactly, 1 - 1/ranks tends to 1 (no need for a very large ranks)"
+        raise _Mistake(f"{label}: your value differs from moe_helpers.accounting.all_to_all_bytes as ranks "
+                       "grow without bound.", hint or "2 x tokens x top_k x d_model x bytes_per_value, in MB")
+    return (f"{len(cases)} hidden cases agree with moe_helpers.accounting.all_to_all_bytes in the limit "
+            "(tolerance 1e-6).")

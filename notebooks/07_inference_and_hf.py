@@ -696,18 +696,24 @@ else:
 # ## Exercises
 #
 # Each exercise asks you to implement one piece of this chapter in a stub function. Replace
-# `raise NotImplementedError` with your code and run the cell below it: it says *not attempted yet*
-# while your function is a stub, and otherwise compares it with the course's own implementation on
-# several cases and stops with a message if one of them is wrong.
+# `raise NotImplementedError` with your code and run the cell below it: `check` runs your function
+# on hidden test cases and compares it with the course's own implementation. It answers *not
+# attempted yet*, *correct*, or *wrong* with a hint that points at the mistake (never at the
+# answer). Reference solutions, for when you are done or stuck:
+# `solutions/07_inference_and_hf.py` at the root of the repository.
+
+# %%
+from moe_helpers.exercises import check
 
 # %% [markdown]
 # **Exercise 1 — the cache's size by formula.** Write `kv_cache_bytes_by_hand(cfg, batch_size, seq_len,
 # bytes_per_value)`: the bytes of the KV cache of a `ModelConfig` after `seq_len` tokens of `batch_size`
 # sequences (section 3), from `cfg.n_layers`, `cfg.kv_heads`, `cfg.head_size` and `cfg.max_seq_len`
-# (the course's cache slides, so it never holds more than `max_seq_len` positions). The cases include
-# grouped-query attention, a `head_dim` that is not `d_model / n_heads`, and a sequence longer than
-# the window. Then: how many GiB does Mixtral-8x7B's cache take for 16 sequences of 32k tokens in
-# bfloat16?
+# (the course's cache slides, so it never holds more than `max_seq_len` positions), without
+# `kv_cache_bytes`. The hidden cases include grouped-query attention, a `head_dim` that is not
+# `d_model / n_heads`, and sequences longer than the window. Then: how many GiB does Mixtral-8x7B's
+# cache take for 16 sequences of 32k tokens in bfloat16
+# (`published_model("Mixtral-8x7B").config.replace(max_seq_len=32_768)`)?
 
 # %%
 def kv_cache_bytes_by_hand(cfg, batch_size, seq_len, bytes_per_value):
@@ -716,30 +722,7 @@ def kv_cache_bytes_by_hand(cfg, batch_size, seq_len, bytes_per_value):
 
 
 # %%
-def check_kv_cache_bytes(fn):
-    dtypes = {4: torch.float32, 2: torch.bfloat16, 1: torch.int8}
-    cases = [(cfg, 1, 100, 4), (cfg, 3, 1000, 2),                         # the laptop MoE; past its window
-             (published_model("Mixtral-8x7B").config.replace(max_seq_len=32_768), 16, 32_768, 2),
-             (published_model("Qwen3-30B-A3B").config.replace(max_seq_len=32_768), 2, 5_000, 2),
-             (LAPTOP.model.replace(n_kv_heads=2, head_dim=48), 5, 17, 1)]
-    try:
-        answers = [fn(*case) for case in cases]
-    except NotImplementedError:
-        print("… kv_cache_bytes_by_hand: not attempted yet")
-        return
-    for number, ((config, batch, tokens, width), answer) in enumerate(zip(cases, answers), start=1):
-        expected = kv_cache_bytes(config, batch, tokens, dtypes[width])
-        ratio = answer / expected
-        hint = ("keys and values both" if ratio == 0.5 else
-                "one key/value head serves several query heads" if ratio == config.n_heads / config.kv_heads else
-                "how many positions does a sliding cache keep?" if ratio == tokens / config.max_seq_len else
-                "go through the formula of section 3 factor by factor")
-        assert answer == expected, (f"case {number} ({batch} x {tokens} tokens, {config.n_heads} heads, "
-                                    f"{config.kv_heads} kv heads): off by a factor {ratio:.3g}; hint: {hint}")
-    print(f"✓ kv_cache_bytes_by_hand: correct. Mixtral-8x7B, 16 x 32k tokens: {answers[2] / 2**30:.0f} GiB")
-
-
-check_kv_cache_bytes(kv_cache_bytes_by_hand)
+check("kv_cache_bytes_by_hand", kv_cache_bytes_by_hand)
 
 # %% [markdown]
 # **Exercise 2 — one decoding step of one attention layer.** Write `attend_with_cache(attention, x_new,
@@ -749,8 +732,9 @@ check_kv_cache_bytes(kv_cache_bytes_by_hand)
 # The new token sits at position `T`. Return `(output, keys, values)`: the output `(B, 1, d_model)`
 # and the keys and values with the new token's appended, `(B, n_kv_heads, T + 1, head_dim)`. Use the
 # module's weights (`attention.wq`, `wk`, `wv`, `wo`), its rotary tables (`attention.rope_cos`,
-# `rope_sin`) and its sizes (`n_heads`, `n_kv_heads`, `head_dim`). The cases include grouped-query
-# attention (two query heads per key/value head).
+# `rope_sin`) and its sizes (`n_heads`, `n_kv_heads`, `head_dim`). The hidden cases include
+# grouped-query attention (two query heads per key/value head), a single key/value head, a `head_dim`
+# that is not `d_model / n_heads`, and an empty cache (`T = 0`, the first token).
 
 # %%
 def attend_with_cache(attention, x_new, past_keys, past_values):
@@ -759,46 +743,16 @@ def attend_with_cache(attention, x_new, past_keys, past_values):
 
 
 # %%
-from moe_helpers.layers import Attention
-
-
-def check_attend_with_cache(fn):
-    torch.manual_seed(0)
-    cases = [(model.layers[LAYER].attention, x[:, :P], x[:, P:]),       # section 1.1's layer and token
-             (Attention(64, 4, 2, 16, 64), torch.randn(3, 20, 64), torch.randn(3, 1, 64)),   # GQA, batch 3
-             (Attention(64, 8, 1, 8, 64), torch.randn(2, 1, 64), torch.randn(2, 1, 64))]     # one kv head
-    for number, (module, x_past, x_next) in enumerate(cases, start=1):
-        reference = LayerKVCache(10_000)
-        with torch.no_grad():
-            module(x_past, reference)
-            past_keys, past_values = reference.keys.clone(), reference.values.clone()
-            expected = module(x_next, reference)
-            try:
-                answer = fn(module, x_next, past_keys, past_values)
-            except NotImplementedError:
-                print("… attend_with_cache: not attempted yet")
-                return
-        output, keys, values = answer
-        assert keys.shape == reference.keys.shape and torch.allclose(keys, reference.keys, atol=1e-5), (
-            f"case {number}: the keys (shape {tuple(keys.shape)}) are not the cache's: "
-            "was the new key rotated by position T and appended along the positions?")
-        assert torch.allclose(values, reference.values, atol=1e-5), f"case {number}: the values are not the cache's"
-        assert output.shape == expected.shape, f"case {number}: output shape {tuple(output.shape)}, expected {tuple(expected.shape)}"
-        gap = (output - expected).abs().max().item()
-        assert gap <= 1e-5, (f"case {number}: the output is off by {gap:.1e}: check the query's rotation, the "
-                             "1/sqrt(head_dim) scale and which key/value head each query head reads")
-    print("✓ attend_with_cache: correct")
-
-
-check_attend_with_cache(attend_with_cache)
+check("attend_with_cache", attend_with_cache)
 
 # %% [markdown]
 # **Exercise 3 — the decoding loop.** Write `greedy_generate(model, prompt, new_tokens)`: greedy
 # generation with the model's KV cache, as `model.generate(prompt, new_tokens, temperature=0)` does,
 # in a loop of your own: make a cache with `model.new_kv_cache()`, feed the prompt once, then one token
 # per step with `model(idx, cache=cache)`, appending the most likely token each time. Return the prompt
-# followed by the new tokens, `(B, P + new_tokens)`. The cases include a batch of two prompts and a
-# text that runs past `max_seq_len` (the cache slides by itself).
+# followed by the new tokens, `(B, P + new_tokens)`. The hidden cases run a small MoE model on a
+# batch of two prompts, on a text that runs past `max_seq_len` (the cache slides by itself) and with
+# `new_tokens = 0`; the check also counts the tokens the model reads.
 
 # %%
 def greedy_generate(model, prompt, new_tokens):
@@ -807,30 +761,4 @@ def greedy_generate(model, prompt, new_tokens):
 
 
 # %%
-def check_greedy_generate(fn):
-    two_prompts = torch.tensor([tok.encode("Once upon a time"), tok.encode("One day, a big dog")[:4]])
-    cases = [(prompt, 20), (two_prompts, 12), (prompt, N_FIT + 20)]
-    for number, (start, new_tokens) in enumerate(cases, start=1):
-        read = []                                    # tokens the model reads, call by call
-        hook = model.register_forward_pre_hook(lambda module, args: read.append(args[0].shape[1]))
-        try:
-            with torch.no_grad():
-                answer = fn(model, start, new_tokens)
-        except NotImplementedError:
-            print("… greedy_generate: not attempted yet")
-            return
-        finally:
-            hook.remove()
-        expected = model.generate(start, new_tokens, temperature=0)
-        assert tuple(answer.shape) == tuple(expected.shape), (
-            f"case {number}: shape {tuple(answer.shape)}, expected {tuple(expected.shape)} (prompt included)")
-        wrong = (answer != expected).nonzero()
-        assert len(wrong) == 0, (f"case {number}: first different token at position {wrong[0, 1].item()}: "
-                                 "does each step feed the cache the token it just picked?")
-        assert sum(read) == start.shape[1] + new_tokens - 1, (
-            f"case {number}: the model read {sum(read)} tokens in {len(read)} calls for {new_tokens} new "
-            f"tokens; with the cache it needs the prompt once ({start.shape[1]}) and then one token a step")
-    print("✓ greedy_generate: correct")
-
-
-check_greedy_generate(greedy_generate)
+check("greedy_generate", greedy_generate)

@@ -663,17 +663,23 @@ else:
 # %% [markdown]
 # ## Exercises
 #
-# Replace `raise NotImplementedError` (or `None`) with your answer and run the cell below it: it says
-# *not attempted yet* while the stub is there, and otherwise checks your answer on several cases and
-# stops with a hint if one of them is wrong. Reference solutions, for when you are done or stuck:
+# Each exercise asks you to implement one piece of this chapter in a stub function. Replace
+# `raise NotImplementedError` with your code and run the cell below it: `check` runs your function
+# on hidden test cases and compares it with the course's own implementation. It answers *not
+# attempted yet*, *correct*, or *wrong* with a hint that points at the mistake (never at the
+# answer). Reference solutions, for when you are done or stuck:
 # `solutions/08_scaling_out.py` at the root of the repository.
+
+# %%
+from moe_helpers.exercises import check
 
 # %% [markdown]
 # **Exercise 1 — bytes from a send matrix.** Write `bytes_sent(send_matrix, d_model, bytes_per_value)`:
 # the bytes one expert-parallel MoE layer sends between ranks in a forward pass, all ranks together,
 # given its send matrix (a `(W, W)` tensor of token slots, source rank × destination rank, like the one in
 # section 2), for `d_model`-vectors of `bytes_per_value` bytes. Remember what stays on its rank, and
-# that every slot that leaves must come back. Return an `int`.
+# that every slot that leaves must come back. Return an `int`. The hidden cases include uneven traffic,
+# a matrix whose slots all stay on their rank, and a single rank.
 
 # %%
 def bytes_sent(send_matrix, d_model, bytes_per_value):
@@ -682,36 +688,14 @@ def bytes_sent(send_matrix, d_model, bytes_per_value):
 
 
 # %%
-def check_bytes_sent(fn):
-    generator = torch.Generator().manual_seed(8)
-    cases = [(send, ep_run["d_model"], 8, ep_run["bytes_measured"]),        # section 2's real run
-             (torch.diag(torch.tensor([5, 7, 9])), 4096, 2, 0),            # everything stays local
-             (torch.randint(0, 1000, (8, 8), generator=generator), 7168, 2, None),
-             (torch.tensor([[3]]), 16, 4, 0)]                               # one rank: nothing travels
-    for number, (matrix, d_model, width, expected) in enumerate(cases, start=1):
-        try:
-            answer = fn(matrix.clone(), d_model, width)
-        except NotImplementedError:
-            print("… bytes_sent: not attempted yet")
-            return
-        if expected is None:
-            expected = 2 * int(matrix.sum() - matrix.diagonal().sum()) * d_model * width
-        assert isinstance(answer, int), f"case {number}: return an int, not {type(answer).__name__}"
-        total = 2 * int(matrix.sum()) * d_model * width
-        hint = ("every slot that leaves comes back: dispatch and combine" if expected and answer * 2 == expected else
-                "the diagonal never leaves its rank" if answer == total else
-                "count each slot as a d_model-vector of bytes_per_value bytes")
-        assert answer == expected, f"case {number} ({tuple(matrix.shape)} send matrix): {answer:,} bytes; hint: {hint}"
-    print(f"✓ bytes_sent: correct ({cases[0][3]:,} bytes in section 2's run)")
-
-
-check_bytes_sent(bytes_sent)
+check("bytes_sent", bytes_sent)
 
 # %% [markdown]
 # **Exercise 2 — which rank holds expert e?** Write `rank_of_expert(expert, num_experts, ranks)`: the rank
 # that holds expert `expert` when `ExpertParallelMoE` spreads `num_experts` experts over `ranks` ranks
-# (section 2: rank `r` holds experts `r·E/W … (r+1)·E/W − 1`). The cases include section 2's layout, a
-# single rank, one expert per rank, and DeepSeek-V3's 256 experts over its 64 expert-parallel ranks.
+# (section 2: rank `r` holds experts `r·E/W … (r+1)·E/W − 1`). The hidden cases include section 2's
+# layout, a single rank, one expert per rank, and DeepSeek-V3's 256 experts over its 64 expert-parallel
+# ranks.
 
 # %%
 def rank_of_expert(expert, num_experts, ranks):
@@ -720,55 +704,21 @@ def rank_of_expert(expert, num_experts, ranks):
 
 
 # %%
-def check_rank_of_expert(fn):
-    layouts = [(ep_run["num_experts"], W), (8, 1), (8, 8), (256, 64), (12, 3)]
-    for num_experts, ranks in layouts:
-        per_rank = num_experts // ranks
-        for expert in range(num_experts):
-            try:
-                answer = fn(expert, num_experts, ranks)
-            except NotImplementedError:
-                print("… rank_of_expert: not attempted yet")
-                return
-            expected = expert // per_rank
-            hint = ("that deals the experts out in turn (round-robin); here each rank holds a contiguous block"
-                    if answer == expert % ranks else "how many experts does each rank hold?")
-            assert answer == expected, (f"{num_experts} experts over {ranks} ranks: expert {expert} is not on "
-                                        f"rank {answer}; hint: {hint}")
-    held = [[e for e in range(ep_run["num_experts"]) if fn(e, ep_run["num_experts"], W) == r] for r in range(W)]
-    assert held == [r["experts"] for r in ep_run["ranks"]]
-    print("✓ rank_of_expert: correct, and it agrees with the ranks of section 2's run:", held)
-
-
-check_rank_of_expert(rank_of_expert)
+check("rank_of_expert", rank_of_expert)
 
 # %% [markdown]
-# **Exercise 3 — as many ranks as you like.** Spread Mixtral-8x7B's experts over more and more ranks
-# (imagine each expert cut into ever smaller groups of rows, so that `ranks` can grow past 8). For
-# section 4's batch (32 768 tokens, bf16), how many **MB** does one MoE layer's forward pass send, all
-# ranks together, in the limit `ranks → ∞`? Work it out from the formula, by hand or with a line of
-# Python, and set `answer` to the number.
+# **Exercise 3 — as many ranks as you like.** Spread the experts over more and more ranks (imagine
+# each expert cut into ever smaller groups of rows, so that `ranks` can grow past the number of
+# experts). Write `all_to_all_limit_mb(tokens, top_k, d_model, bytes_per_value)`: how many **MB**
+# (10^6 bytes) one MoE layer's forward pass sends, all ranks together, in the limit `ranks → ∞`. Work
+# it out from the formula of section 2. Then: what is it for Mixtral-8x7B with section 4's batch
+# (32 768 tokens, bf16), and what share of it do 8 ranks already send?
 
 # %%
-answer = None   # MB sent by one Mixtral-8x7B MoE layer's forward pass as ranks → ∞
+def all_to_all_limit_mb(tokens, top_k, d_model, bytes_per_value):
+    """MB sent by one MoE layer's forward pass, all ranks together, as ranks → ∞ (a number)."""
+    raise NotImplementedError  # your code here
+
 
 # %%
-def check_limit(value):
-    if value is None:
-        print("… the limit as ranks → ∞: not attempted yet")
-        return
-    limit = 2 * TOKENS * 2 * 4096 * BYTES / 1e6
-    ratio = value / limit
-    hint = ("that is the value for 8 ranks: what does 1 − 1/ranks tend to?" if abs(ratio - 7 / 8) < 0.01 else
-            "a factor 2 is missing: every slot travels twice (dispatch and combine), and each token "
-            "sends top_k = 2 slots" if abs(ratio - 0.5) < 0.01 else
-            "bf16 is 2 bytes a value" if abs(ratio - 2) < 0.01 else
-            "megabytes here are 10^6 bytes, not 2^20" if abs(ratio * 1.048576 - 1) < 0.01 else
-            "the answer is in MB, not in bytes" if abs(ratio / 1e6 - 1) < 0.01 else
-            "write the formula of section 2 out factor by factor")
-    assert abs(ratio - 1) < 0.01, f"{value} MB is not it; hint: {hint}"
-    print(f"✓ {value:,.0f} MB: every token slot leaves its rank, twice. Eight ranks already send "
-          f"{100 * (1 - 1 / 8):.1f} % of it: beyond a few ranks, more ranks hardly add traffic.")
-
-
-check_limit(answer)
+check("all_to_all_limit_mb", all_to_all_limit_mb)

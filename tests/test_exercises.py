@@ -24,8 +24,9 @@ import pytest
 import torch
 
 from moe_helpers import exercises
-from moe_helpers.accounting import count_from_config, flops_per_token
+from moe_helpers.accounting import all_to_all_bytes, count_from_config, flops_per_token
 from moe_helpers.exercises import CORRECT, EXERCISES, NOT_ATTEMPTED, WRONG, check, exercises_of, grade
+from moe_helpers.layers import apply_rope
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.py"))
@@ -312,6 +313,152 @@ def load_share_per_token(top_k_experts, num_experts):
     return torch.bincount(top_k_experts.flatten(), minlength=num_experts).float() / top_k_experts.shape[0]
 
 
+
+# 07 ---------------------------------------------------------------------------
+def kv_bytes_of_query_heads(cfg, batch_size, seq_len, bytes_per_value):
+    positions = min(seq_len, cfg.max_seq_len)
+    return 2 * cfg.n_layers * batch_size * cfg.n_heads * cfg.head_size * positions * bytes_per_value
+
+
+def kv_bytes_without_window(cfg, batch_size, seq_len, bytes_per_value):
+    return 2 * cfg.n_layers * batch_size * cfg.kv_heads * cfg.head_size * seq_len * bytes_per_value
+
+
+def kv_bytes_of_keys_only(cfg, batch_size, seq_len, bytes_per_value):
+    return solution("kv_cache_bytes_by_hand")(cfg, batch_size, seq_len, bytes_per_value) // 2
+
+
+def kv_bytes_with_d_model_over_heads(cfg, batch_size, seq_len, bytes_per_value):
+    positions = min(seq_len, cfg.max_seq_len)
+    head_dim = cfg.d_model // cfg.n_heads
+    return 2 * cfg.n_layers * batch_size * cfg.kv_heads * head_dim * positions * bytes_per_value
+
+
+def attend_by_hand(attention, x_new, past_keys, past_values, key_shift=0, rotate_query=True, tile=False,
+                   causal=False, rotate_values=False):
+    """The solution's steps, each keyword a typical mistake."""
+    B, T = x_new.shape[0], past_keys.shape[2]
+    H, H_kv, hd = attention.n_heads, attention.n_kv_heads, attention.head_dim
+    cos, sin = attention.rope_cos, attention.rope_sin
+    q = attention.wq(x_new).view(B, 1, H, hd).transpose(1, 2)
+    k = attention.wk(x_new).view(B, 1, H_kv, hd).transpose(1, 2)
+    v = attention.wv(x_new).view(B, 1, H_kv, hd).transpose(1, 2)
+    if rotate_query:
+        q = apply_rope(q, cos[T:T + 1], sin[T:T + 1])
+    k = apply_rope(k, cos[T + key_shift:T + key_shift + 1], sin[T + key_shift:T + key_shift + 1])
+    if rotate_values:
+        v = apply_rope(v, cos[T:T + 1], sin[T:T + 1])
+    keys, values = torch.cat([past_keys, k], dim=2), torch.cat([past_values, v], dim=2)
+    group = H // H_kv
+    expand = (lambda t: t.repeat(1, group, 1, 1)) if tile else (lambda t: t.repeat_interleave(group, dim=1))
+    out = torch.nn.functional.scaled_dot_product_attention(q, expand(keys), expand(values), is_causal=causal)
+    return attention.wo(out.transpose(1, 2).reshape(B, 1, H * hd)), keys, values
+
+
+def attend_rotating_key_at_previous_position(attention, x_new, past_keys, past_values):
+    return attend_by_hand(attention, x_new, past_keys, past_values, key_shift=-1)
+
+
+def attend_without_rotating_query(attention, x_new, past_keys, past_values):
+    return attend_by_hand(attention, x_new, past_keys, past_values, rotate_query=False)
+
+
+def attend_tiling_heads(attention, x_new, past_keys, past_values):
+    return attend_by_hand(attention, x_new, past_keys, past_values, tile=True)
+
+
+def attend_with_causal_mask(attention, x_new, past_keys, past_values):
+    return attend_by_hand(attention, x_new, past_keys, past_values, causal=True)
+
+
+def attend_rotating_values(attention, x_new, past_keys, past_values):
+    return attend_by_hand(attention, x_new, past_keys, past_values, rotate_values=True)
+
+
+def attend_returning_repeated_heads(attention, x_new, past_keys, past_values):
+    output, keys, values = solution("attend_with_cache")(attention, x_new, past_keys, past_values)
+    group = attention.n_heads // attention.n_kv_heads
+    return output, keys.repeat_interleave(group, dim=1), values.repeat_interleave(group, dim=1)
+
+
+@torch.no_grad()
+def greedy_without_cache(model, prompt, new_tokens):
+    idx = prompt
+    for _ in range(new_tokens):
+        logits = model(idx[:, -model.cfg.max_seq_len:]).logits[:, -1]
+        idx = torch.cat([idx, logits.argmax(-1, keepdim=True)], dim=1)
+    return idx
+
+
+@torch.no_grad()
+def greedy_feeding_the_whole_text(model, prompt, new_tokens):
+    cache, idx = model.new_kv_cache(), prompt
+    for _ in range(new_tokens):
+        logits = model(idx, cache=cache).logits[:, -1]
+        idx = torch.cat([idx, logits.argmax(-1, keepdim=True)], dim=1)
+    return idx
+
+
+@torch.no_grad()
+def greedy_with_a_fresh_cache_each_step(model, prompt, new_tokens):
+    idx, pending = prompt, prompt
+    for _ in range(new_tokens):
+        pending = model(pending, cache=model.new_kv_cache()).logits[:, -1].argmax(-1, keepdim=True)
+        idx = torch.cat([idx, pending], dim=1)
+    return idx
+
+
+def greedy_returning_new_tokens_only(model, prompt, new_tokens):
+    return solution("greedy_generate")(model, prompt, new_tokens)[:, prompt.shape[1]:]
+
+
+@torch.no_grad()
+def greedy_picking_before_the_loop(model, prompt, new_tokens):
+    cache = model.new_kv_cache()
+    pending = model(prompt, cache=cache).logits[:, -1].argmax(-1, keepdim=True)
+    idx = torch.cat([prompt, pending], dim=1)
+    for _ in range(new_tokens - 1):
+        pending = model(pending, cache=cache).logits[:, -1].argmax(-1, keepdim=True)
+        idx = torch.cat([idx, pending], dim=1)
+    return idx
+
+
+# 08 ---------------------------------------------------------------------------
+def bytes_dispatch_only(send_matrix, d_model, bytes_per_value):
+    return solution("bytes_sent")(send_matrix, d_model, bytes_per_value) // 2
+
+
+def bytes_with_the_diagonal(send_matrix, d_model, bytes_per_value):
+    return 2 * int(send_matrix.sum()) * d_model * bytes_per_value
+
+
+def bytes_of_uniform_routing(send_matrix, d_model, bytes_per_value):
+    return all_to_all_bytes(int(send_matrix.sum()), 1, d_model, bytes_per_value, send_matrix.shape[0])
+
+
+def rank_round_robin(expert, num_experts, ranks):
+    return expert % ranks
+
+
+def rank_dividing_by_ranks(expert, num_experts, ranks):
+    return expert // ranks
+
+
+def rank_from_one(expert, num_experts, ranks):
+    return expert // (num_experts // ranks) + 1
+
+
+def limit_at_eight_ranks(tokens, top_k, d_model, bytes_per_value):
+    return all_to_all_bytes(tokens, top_k, d_model, bytes_per_value, 8) / 1e6
+
+
+def limit_one_way(tokens, top_k, d_model, bytes_per_value):
+    return tokens * top_k * d_model * bytes_per_value / 1e6
+
+
+def limit_in_mebibytes(tokens, top_k, d_model, bytes_per_value):
+    return 2 * tokens * top_k * d_model * bytes_per_value / 2**20
+
 # exercise -> [(wrong answer, a phrase its hint must contain)]
 WRONG_ANSWERS = {
     "rms_norm": [(rms_norm_without_gain, "forget `* gain`"), (rms_norm_like_layer_norm, "does not subtract the mean"),
@@ -345,6 +492,23 @@ WRONG_ANSWERS = {
                         (jump_without_abs, "*drop*"), (jump_with_aux_loss, "aux loss"),
                         (jump_leaving_eval_mode, "mode it was in")],
     "expert_load_share": [(load_share_without_minlength, "minlength"), (load_share_per_token, "sum to 1")],
+    "kv_cache_bytes_by_hand": [(kv_bytes_of_query_heads, "not one per query head"), (kv_bytes_without_window, "slides"),
+                               (kv_bytes_of_keys_only, "*and* values"),
+                               (kv_bytes_with_d_model_over_heads, "d_model / n_heads")],
+    "attend_with_cache": [(attend_rotating_key_at_previous_position, "its own position"),
+                          (attend_without_rotating_query, "rotate the query"), (attend_tiling_heads, "don't tile"),
+                          (attend_with_causal_mask, "no causal mask"), (attend_rotating_values, "never rotated"),
+                          (attend_returning_repeated_heads, "not in what you return")],
+    "greedy_generate": [(greedy_without_cache, "re-read the text"), (greedy_feeding_the_whole_text, "token just picked"),
+                        (greedy_with_a_fresh_cache_each_step, "one cache before the loop"),
+                        (greedy_returning_new_tokens_only, "prompt followed by"),
+                        (greedy_picking_before_the_loop, "new_tokens = 0")],
+    "bytes_sent": [(bytes_dispatch_only, "dispatch and combine"), (bytes_with_the_diagonal, "diagonal never leaves"),
+                   (bytes_of_uniform_routing, "uniform routing")],
+    "rank_of_expert": [(rank_round_robin, "round-robin"), (rank_dividing_by_ranks, "not by the number of ranks"),
+                       (rank_from_one, "numbered from 0")],
+    "all_to_all_limit_mb": [(limit_at_eight_ranks, "1 - 1/ranks tend"), (limit_one_way, "travels twice"),
+                            (limit_in_mebibytes, "not 2^20")],
 }
 WRONG_CASES = [(name, wrong, phrase) for name, answers in WRONG_ANSWERS.items() for wrong, phrase in answers]
 
