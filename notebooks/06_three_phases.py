@@ -116,9 +116,11 @@ print(f"growth: upcycle into {LAPTOP.num_experts} experts, then width x{LAPTOP.w
       f"and {LAPTOP.new_layers} new blocks")
 
 # %% [markdown]
-# The laptop preset's learning rates are ten times the note's (3e-3 / 1e-3 / 8e-4 instead of
+# The laptop preset's learning rates are larger than the note's (3e-3 / 1e-3 / 4e-4 instead of
 # 3e-4 / 1e-4 / 8e-5): a model of about a million parameters trained for a few hundred steps learns
-# faster with a larger step. The ratios between the phases are the note's.
+# faster with a larger step. Phases 1 and 2 use ten times the note's rates; phase 3 only five times:
+# at ten times, the freshly grown model's validation loss first *rose* for about fifty steps before
+# falling -- a warm-up too hot for a model whose new units start as copies -- and it ended higher.
 
 # %% [markdown]
 # ## 2. The note's banners, at the note's scale
