@@ -195,7 +195,8 @@ def _close(answer, expected: torch.Tensor, rtol: float = 1e-5, atol: float = 1e-
     answer = answer.detach() if isinstance(answer, torch.Tensor) else torch.as_tensor(answer)
     if tuple(answer.shape) != tuple(expected.shape):
         return False
-    return bool(torch.allclose(answer.double(), expected.detach().double(), rtol=rtol, atol=atol))
+    # compared on the CPU in float64 (a learner's tensors may sit on an MPS device, which has no float64)
+    return bool(torch.allclose(answer.cpu().double(), expected.detach().cpu().double(), rtol=rtol, atol=atol))
 
 
 def _diagnose(answer, variants, default: str, rtol: float = 1e-5, atol: float = 1e-6) -> str:
