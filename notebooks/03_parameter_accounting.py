@@ -676,9 +676,9 @@ for arm, losses in at_seconds.items():
           f"validation loss {sum(losses) / len(losses):.4f}")
 # Measured on a shared 2-core CPU, one torch thread: the MoE x1.61 to x1.75 the dense model's time per
 # step in repeated runs (for x1.009 its FLOPs); at the dense model's time it is at step ~155, at 2.92.
-assert moe_time_ratio > 1.2, "at this size the dispatch, not the arithmetic, should set the MoE's pace"
-if not SCALE_UP:   # on this CPU, per second, the dense model wins
-    assert min(at_seconds["moe_equal_active"]) > max(at_seconds["dense"]) + 0.05
+if device.type == "cpu" and not SCALE_UP:   # measured on CPUs; a GPU's overheads are another story
+    assert moe_time_ratio > 1.2, "at this size the dispatch, not the arithmetic, should set the MoE's pace"
+    assert min(at_seconds["moe_equal_active"]) > max(at_seconds["dense"]) + 0.05   # per second, dense wins
 
 # %% [markdown]
 # *What to notice:* the MoE does 0.9% more arithmetic per token than the dense model but takes far
