@@ -80,6 +80,11 @@ class DataParallel:
     def barrier(self) -> None:
         dist.barrier()
 
+    def any_rank(self, flag: bool) -> bool:
+        """True on every rank if ``flag`` is True on any (e.g. Ctrl-C reached one rank first)."""
+        total = torch.tensor(float(flag), device=self.device)
+        return bool(self.all_reduce_sum_(total).item() > 0)
+
     # ----------------------------------------------------------------- models
     def check_experts(self, num_experts: int) -> None:
         if self.expert_parallel and num_experts % self.world:

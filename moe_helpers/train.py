@@ -342,10 +342,11 @@ def train_phase(model: nn.Module, data: TokenData, config: TrainConfig, phase: i
                     line = format_log_line(step, record["train_loss"], record["seconds"],
                                            record["aux_loss"] if is_moe else None, val_loss)
                     (tqdm.write if progress else print)(line)
-            if on_checkpoint is not None and step < steps and (interrupted() or (
+            stop = interrupted() if parallel is None else parallel.any_rank(interrupted())   # ranks stop together
+            if on_checkpoint is not None and step < steps and (stop or (
                     config.checkpoint_every and step > 0 and step % config.checkpoint_every == 0)):
                 on_checkpoint(snapshot(step))
-            if interrupted():
+            if stop:
                 raise KeyboardInterrupt(f"interrupted at step {step} of phase {phase}; checkpoint written")
     bar.close()
     model.eval()
