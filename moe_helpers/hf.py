@@ -40,6 +40,8 @@ a capacity limit.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import warnings
 from pathlib import Path
 
@@ -319,9 +321,24 @@ def save_hf(model: GPT, tokenizer: StoryTokenizer, path) -> Path:
         config.bos_token_id = config.eos_token_id = config.pad_token_id = eot
     fast = hf_tokenizer(tokenizer)
     fast.model_max_length = model.cfg.max_seq_len
-    hf_model.save_pretrained(path, safe_serialization=True)
+    with _quiet_progress_bars():         # a one-shard model needs no "Writing model shards" bar
+        hf_model.save_pretrained(path, safe_serialization=True)
     fast.save_pretrained(path)
     return path
+
+
+@contextmanager
+def _quiet_progress_bars():
+    """``transformers``' progress bars off inside the block, as they were after it."""
+    from transformers.utils import logging
+
+    was_enabled = logging.is_progress_bar_enabled()
+    logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            logging.enable_progress_bar()
 
 
 @torch.no_grad()
