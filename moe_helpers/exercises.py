@@ -1184,7 +1184,7 @@ def _check_expert_load_share(learner) -> str:
     cases = [(torch.rand(32, 4, generator=g).topk(2, -1).indices, 4),
              (torch.randint(0, 3, (10, 1), generator=g), 3), (never, 6), (torch.full((8, 1), 2), 5)]
     for label, (experts, E) in zip(_labels(descriptions), cases):
-        expected = count_per_expert(experts, E).double() / experts.numel()   # (E,)
+        expected = count_per_expert(experts, E).to("cpu", torch.float64) / experts.numel()   # (E,) on the CPU
         answer = _tensor(learner(label, experts.clone(), E), label)
         _require_shape(answer, (E,), label,
                        hint="one share per expert, also for experts that receive nothing (bincount's minlength)")

@@ -25,7 +25,7 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from .layers import upcast
-from .moe import MoELayer, RoutingStats, count_per_expert
+from .moe import MoELayer, RoutingStats, count_per_expert, load_balancing_loss
 
 
 @dataclass
@@ -200,7 +200,7 @@ class ExpertParallelMoE(nn.Module):
         if self.balance_loss_scope == "batch":
             balance = self.num_experts * (slot_fraction * mean_prob).sum()
         else:
-            balance = self._sequence_balance(probs, top_k_experts, shape)
+            balance = self._sequence_balance(router_logits, top_k_experts, shape)
         z_loss = _all_reduce_sum(torch.logsumexp(upcast(router_logits), -1).pow(2).sum(), group) / global_tokens
         aux_loss = self.aux_loss_coef * balance + self.z_loss_coef * z_loss
         with torch.no_grad():
@@ -212,15 +212,14 @@ class ExpertParallelMoE(nn.Module):
             top_k_experts=top_k_experts, dropped_slots=torch.zeros((), dtype=torch.long),
             send_matrix=send_matrix)
 
-    def _sequence_balance(self, probs, top_k_experts, shape):
-        """DeepSeek-V3's sequence-wise loss: per sequence on this rank, averaged over all ranks' sequences."""
-        length = shape[-2] if len(shape) >= 3 else probs.shape[0]
-        probs = probs.reshape(-1, length, self.num_experts)                                  # (B, T, E)
+    def _sequence_balance(self, router_logits, top_k_experts, shape):
+        """DeepSeek-V3's sequence-wise loss: the Switch loss of each sequence on this rank (its
+        tokens are all here), averaged over every rank's sequences."""
+        length = shape[-2] if len(shape) >= 3 else router_logits.shape[0]
+        logits = router_logits.reshape(-1, length, self.num_experts)                         # (B, T, E)
         chosen = top_k_experts.reshape(-1, length, self.top_k)                              # (B, T, k)
-        counts = torch.stack([count_per_expert(c, self.num_experts) for c in chosen])       # (B, E)
-        per_sequence = self.num_experts * (counts.to(probs.dtype) / (length * self.top_k)
-                                           * probs.mean(dim=1)).sum(-1)                      # (B,)
-        sequences = torch.tensor(float(per_sequence.shape[0]), device=probs.device)
+        per_sequence = torch.stack([load_balancing_loss(l, self.top_k, c) for l, c in zip(logits, chosen)])  # (B,)
+        sequences = torch.tensor(float(per_sequence.shape[0]), device=logits.device)
         return _all_reduce_sum(per_sequence.sum(), self.group) / _all_reduce_sum(sequences, self.group)
 
     @torch.no_grad()

@@ -206,7 +206,7 @@ dist.init_process_group("gloo")                      # torchrun set RANK, WORLD_
 world, rank = dist.get_world_size(), dist.get_rank()
 
 torch.manual_seed(0)                                  # every rank builds the same layer and the same batch
-moe = MoELayer(D_MODEL, D_FF, NUM_EXPERTS, TOP_K).double()
+moe = MoELayer(D_MODEL, D_FF, NUM_EXPERTS, TOP_K).to("cpu", torch.float64)   # gloo runs on the CPU
 x_all = torch.randn(world, TOKENS_PER_RANK, D_MODEL, dtype=torch.float64)   # (W, N, d): rank r owns x_all[r]
 upstream = torch.randn_like(x_all)                    # a gradient arriving from the layers above
 
