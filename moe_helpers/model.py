@@ -68,12 +68,13 @@ class Block(nn.Module):
         dense or when ``with_routing`` is False).
 
         With a ``cache``, ``x`` holds only the new tokens (see ``Attention``)."""
-        x = x + self.dropout(self.attention(self.attention_norm(x), cache))
+        attention_out = self.attention(self.attention_norm(x), cache)
+        x = x + (self.dropout(attention_out) if self.training else attention_out)   # dropout: training only
         if self.is_moe and with_routing:
             ffn_out, routing = self.ffn(self.ffn_norm(x), return_routing=True)
         else:
             ffn_out, routing = self.ffn(self.ffn_norm(x)), None
-        return x + self.dropout(ffn_out), routing
+        return x + (self.dropout(ffn_out) if self.training else ffn_out), routing
 
 
 class GPT(nn.Module):
@@ -160,22 +161,33 @@ class GPT(nn.Module):
         was_training = self.training
         self.eval()
         cache = self.new_kv_cache() if use_cache else None
-        pending = idx[:, -self.cfg.max_seq_len:]                      # what the model has not read yet
-        for _ in range(max_new_tokens):
-            if cache is None:
-                context = idx[:, -self.cfg.max_seq_len:]              # (B, <= max_seq_len)
-                logits = self(context, with_routing=False).logits[:, -1, :].float()   # (B, vocab_size)
-            else:
-                logits = self(pending, cache=cache, with_routing=False).logits[:, -1, :].float()
-            if temperature == 0:
-                next_token = logits.argmax(dim=-1, keepdim=True)      # (B, 1)
-            else:
-                logits = logits / temperature
-                if top_k is not None:
-                    kth_best = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[:, [-1]]
-                    logits = logits.masked_fill(logits < kth_best, float("-inf"))
-                next_token = torch.multinomial(logits.softmax(-1), 1, generator=generator)
-            idx = torch.cat([idx, next_token], dim=1)
-            pending = next_token                                      # (B, 1)
+        context, pending, new_tokens = idx, idx[:, -self.cfg.max_seq_len:], []
+        # inference mode: like no_grad, and torch also skips the bookkeeping that only autograd
+        # needs (version counters, view tracking): a visible share of a one-token step
+        with torch.inference_mode():
+            for _ in range(max_new_tokens):
+                if cache is None:                                     # re-read the (cropped) context
+                    logits = self(context[:, -self.cfg.max_seq_len:], with_routing=False).logits
+                else:                                                 # read only the unseen tokens
+                    logits = self(pending, cache=cache, with_routing=False).logits
+                pending = pick_next_token(logits[:, -1, :].float(), temperature, top_k, generator)  # (B, 1)
+                new_tokens.append(pending)
+                if cache is None:
+                    context = torch.cat([context, pending], dim=1)
         self.train(was_training)
-        return idx
+        # joined outside inference mode, so the returned ids are ordinary tensors (usable with autograd)
+        return torch.cat([idx, *new_tokens], dim=1)
+
+
+def pick_next_token(logits: torch.Tensor, temperature: float, top_k: int | None,
+                    generator: torch.Generator | None) -> torch.Tensor:
+    """The next token of each row of ``logits`` (B, vocab_size) -> (B, 1): the argmax when
+    ``temperature`` is 0, else a sample from softmax(logits / temperature) restricted to the
+    ``top_k`` most likely tokens (all of them when ``top_k`` is None)."""
+    if temperature == 0:
+        return logits.argmax(dim=-1, keepdim=True)
+    logits = logits / temperature
+    if top_k is not None:
+        kth_best = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[:, [-1]]
+        logits = logits.masked_fill(logits < kth_best, float("-inf"))
+    return torch.multinomial(logits.softmax(-1), 1, generator=generator)

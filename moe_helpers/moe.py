@@ -276,7 +276,10 @@ class MoELayer(nn.Module):
         tokens = x.reshape(-1, shape[-1])                                       # (N, d)
         router_logits = self.router.logits(tokens)                              # (N, E)
         top_k_weights, top_k_experts = self.router.route(router_logits, self.expert_bias)   # (N, k), (N, k)
-        output, kept = self._dispatch(tokens, top_k_weights, top_k_experts)     # (N, d), (N*k,)
+        if tokens.shape[0] == 1 and self.capacity_factor is None and not torch.is_grad_enabled():
+            output, dropped = self._one_token(tokens, top_k_weights, top_k_experts), None   # generation
+        else:
+            output, dropped = self._dispatch(tokens, top_k_weights, top_k_experts)  # (N, d), ()
         for shared in self.shared_experts:
             output = output + shared(tokens)
         output = output.reshape(shape)
@@ -284,38 +287,47 @@ class MoELayer(nn.Module):
             return output
         aux_loss = (self.aux_loss_coef * self.balance_loss(router_logits, top_k_experts, shape)
                     + self.z_loss_coef * router_z_loss(router_logits))
-        return output, _routing_stats(aux_loss, router_logits, top_k_experts, kept)
+        return output, _routing_stats(aux_loss, router_logits, top_k_experts, dropped)
+
+    def _one_token(self, token, top_k_weights, top_k_experts):
+        """The k chosen experts of a single token (1, d), called one by one: generating a story
+        token by token asks for this at every step, and sorting one token's k slots would cost
+        more than the experts themselves at the course's sizes.  The same sum as ``_dispatch``,
+        bit for bit (its terms added in the same order, by expert)."""
+        output = None
+        for rank, expert in sorted(enumerate(top_k_experts[0].tolist()), key=lambda pair: pair[1]):
+            term = self.experts[expert](token) * top_k_weights[:, rank, None]     # (1, d)
+            output = term if output is None else output + term
+        return output
 
     def _dispatch(self, tokens, top_k_weights, top_k_experts):
         """Run each expert once on the token slots routed to it.
 
         The N*k slots are sorted by expert so that each expert's slots form one
         contiguous slice; the outputs are weighted by the gate and scatter-added
-        back to their tokens.  Returns the output (N, d) and, per sorted slot,
-        whether it was kept (False only when the capacity limit dropped it).
+        back to their tokens.  Returns the output (N, d) and the number of slots
+        the capacity limit dropped (a () tensor; None without a limit).
         """
         num_tokens = tokens.shape[0]
-        slot_expert = top_k_experts.flatten()                                   # (N*k,) slot = token*k + rank
-        slot_weight = top_k_weights.flatten()                                   # (N*k,)
-        # Each expert's queue: first choices (rank 0) of all tokens in token order, then second
-        # choices, ... -- so a capacity limit drops later choices first (GShard, Lepikhin et al. 2020).
-        slot_index = torch.arange(slot_expert.numel(), device=slot_expert.device)   # (N*k,)
-        priority = (slot_index % self.top_k) * num_tokens + slot_index // self.top_k
-        order = torch.argsort(slot_expert * slot_expert.numel() + priority)     # (N*k,) by expert, then priority
-        sorted_expert = slot_expert[order]                                      # (N*k,) non-decreasing
-        tokens_per_expert = count_per_expert(slot_expert, self.num_experts)     # (E,)
-
-        kept = torch.ones_like(order, dtype=torch.bool)
+        # Slots listed rank by rank: every token's first choice (in token order), then every
+        # second choice, ...  A stable sort by expert keeps that order inside each expert's
+        # queue, so a capacity limit drops later choices first (GShard, Lepikhin et al. 2020).
+        slot_expert = top_k_experts.t().flatten()                               # (k*N,) slot = rank*N + token
+        slot_weight = top_k_weights.t().flatten()                               # (k*N,)
+        order = torch.argsort(slot_expert, stable=True)                         # (k*N,) by expert, then queue place
+        slots_per_expert = count_per_expert(slot_expert, self.num_experts)      # (E,)
+        dropped = None
         capacity = self.capacity(num_tokens)
         if capacity is not None:   # a slot's place in its expert's queue
-            queue_start = torch.cumsum(tokens_per_expert, 0) - tokens_per_expert
-            place_in_queue = torch.arange(order.numel(), device=order.device) - queue_start[sorted_expert]
-            kept = place_in_queue < capacity
-            order, sorted_expert = order[kept], sorted_expert[kept]
+            queue_start = torch.cumsum(slots_per_expert, 0) - slots_per_expert  # (E,)
+            place_in_queue = torch.arange(order.numel(), device=order.device) - queue_start[slot_expert[order]]
+            kept = place_in_queue < capacity                                    # (k*N,)
+            order, dropped = order[kept], (~kept).sum()
+            slots_per_expert = slots_per_expert.clamp(max=capacity)             # (E,) what each expert takes
         # The one host read of the layer: torch.split needs each expert's slot count as a Python int.
-        slots_per_expert = count_per_expert(sorted_expert, self.num_experts).tolist()
+        slots_per_expert = slots_per_expert.tolist()
 
-        slot_token = order // self.top_k                                        # (S,) token of each slot
+        slot_token = order % num_tokens                                         # (S,) token of each slot
         expert_inputs = tokens[slot_token].split(slots_per_expert)              # E chunks of (S_e, d)
         # An expert with no slots is still called while training, so that every expert has a
         # gradient (zeros) and the optimiser treats all of them alike; in inference it is skipped.
@@ -327,11 +339,12 @@ class MoELayer(nn.Module):
         # in the experts' dtype: under bf16 autocast they compute in bf16 while the tokens are float32
         output = tokens.new_zeros(tokens.shape, dtype=expert_outputs.dtype)
         output = output.index_add_(0, slot_token, expert_outputs)               # (N, d)
-        return output, kept
+        return output, dropped
 
 
-def _routing_stats(aux_loss, router_logits, top_k_experts, kept) -> RoutingStats:
-    """Detached routing statistics of one forward pass, left on the device."""
+def _routing_stats(aux_loss, router_logits, top_k_experts, dropped) -> RoutingStats:
+    """Detached routing statistics of one forward pass, left on the device (``dropped``:
+    the slots the capacity limit dropped, or None without a limit)."""
     with torch.no_grad():
         num_experts = router_logits.shape[-1]
         return RoutingStats(
@@ -339,5 +352,5 @@ def _routing_stats(aux_loss, router_logits, top_k_experts, kept) -> RoutingStats
             tokens_per_expert=count_per_expert(top_k_experts, num_experts),
             mean_prob=upcast(router_logits).softmax(-1).mean(0),
             top_k_experts=top_k_experts,
-            dropped_slots=(~kept).sum(),
+            dropped_slots=top_k_experts.new_zeros(()) if dropped is None else dropped,
         )

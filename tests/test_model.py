@@ -108,6 +108,33 @@ def test_no_biases_and_llama_weight_names(tiny_moe_config):
         assert f"layers.1.{suffix}" in names
 
 
+# ----------------------------------------------------------------- blocks
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_rms_norm_is_the_formula_bit_for_bit(dtype):
+    """RMSNorm (one fused call) = x * rsqrt(mean(x^2) + eps) * g, computed in float32 (or float64)
+    and cast back before the gain for half precision, as in Llama -- exactly."""
+    from moe_helpers.layers import RMSNorm
+
+    norm = RMSNorm(24, eps=1e-5).to(dtype)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+    x = (3 * torch.randn(2, 5, 24)).to(dtype)
+    wide = x.to(torch.promote_types(dtype, torch.float32))
+    expected = norm.weight * (wide * torch.rsqrt(wide.pow(2).mean(-1, keepdim=True) + 1e-5)).to(dtype)
+    assert norm(x).dtype == dtype
+    assert torch.equal(norm(x), expected)
+
+
+def test_dropout_acts_while_training_only():
+    cfg = ModelConfig(vocab_size=64, d_model=32, n_layers=2, n_heads=4, d_ff=48, max_seq_len=16)
+    with_dropout, without = build(cfg.replace(dropout=0.5)), build(cfg)
+    idx = torch.randint(0, 64, (2, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        train_a, train_b = with_dropout.train()(idx).logits, with_dropout(idx).logits
+        assert (train_a - train_b).abs().max() > 1e-3                      # a new mask every pass
+        assert torch.equal(with_dropout.eval()(idx).logits, without.eval()(idx).logits)
+
+
 # ----------------------------------------------------------------- generate
 def test_generate_returns_valid_ids_of_the_right_length(any_config):
     model = build(any_config).train()
@@ -118,6 +145,20 @@ def test_generate_returns_valid_ids_of_the_right_length(any_config):
     assert torch.equal(out[:, :3], prompt)
     assert out.min() >= 0 and out.max() < any_config.vocab_size
     assert model.training                                     # generate restores the mode it found
+
+
+def test_generated_ids_are_ordinary_tensors(tiny_moe_config):
+    """generate runs the model in inference mode, but what it returns works like any tensor:
+    in place, and in a computation with gradients."""
+    model = build(tiny_moe_config)
+    prompt = torch.tensor([[1, 2, 3]])
+    for use_cache in (True, False):
+        out = model.generate(prompt, 5, temperature=0, use_cache=use_cache)
+        assert not out.is_inference()
+        model(out).logits.sum().backward()                   # gradients through the embedding of the ids
+        out += 0
+    assert model.tok_embeddings.weight.grad is not None
+    assert torch.equal(model.generate(prompt, 0), prompt)
 
 
 def test_greedy_generation_is_deterministic_and_takes_the_argmax(tiny_dense_config):

@@ -274,14 +274,14 @@ def test_capacity_serves_first_choices_before_second_choices():
     tokens = torch.randn(4, 4, dtype=torch.float64)
     experts = torch.tensor([[1, 0], [0, 2], [0, 3], [2, 1]])              # (N, k): token 0 wants expert 0 second
     weights = torch.tensor([[0.6, 0.4], [0.7, 0.3], [0.8, 0.2], [0.9, 0.1]], dtype=torch.float64)
-    output, kept = layer._dispatch(tokens, weights, experts)
+    output, dropped = layer._dispatch(tokens, weights, experts)
     expert = layer.experts
     expected = torch.stack([0.6 * expert[1](tokens[0]),                 # its 2nd choice (expert 0) dropped
                             0.7 * expert[0](tokens[1]),                 # the first first-choice of expert 0
                             0.2 * expert[3](tokens[2]),                 # expert 0 was full
                             0.9 * expert[2](tokens[3])])                # beat token 1's second choice to expert 2
     torch.testing.assert_close(output, expected, rtol=1e-10, atol=1e-12)
-    assert int((~kept).sum()) == 4
+    assert int(dropped) == 4
 
 
 @pytest.mark.parametrize("capacity_factor", [0.5, 1.0, 1.25])
@@ -596,3 +596,46 @@ def test_inference_skips_idle_experts_and_computes_the_same():
     hook.remove()
     assert calls == [0], "called once (with 0 tokens) while training, skipped in inference"
     torch.testing.assert_close(without_grad, with_grad.detach(), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("top_k, options", [
+    (1, {}), (2, {}), (3, {}), (2, dict(renormalize=False)), (2, dict(num_shared_experts=1)),
+    (2, dict(bias_update_rate=0.01)),
+])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_one_token_in_inference_is_the_sorted_dispatch_bit_for_bit(top_k, options, dtype):
+    """Generation's shortcut -- one token, no gradient: its k experts are called one by one
+    instead of sorting k slots -- gives exactly the sorted dispatch's output."""
+    layer = make_layer(8, 16, 5, top_k, seed=11, **options).to(dtype)
+    if layer.expert_bias is not None:
+        layer.expert_bias.copy_(torch.tensor([0.0, 0.3, 0.0, -0.2, 0.1]))
+    shortcut_calls = []
+    one_token = layer._one_token
+    layer._one_token = lambda *args: shortcut_calls.append(1) or one_token(*args)
+    for seed in range(20):
+        token = torch.randn(1, 1, 8, dtype=dtype, generator=torch.Generator().manual_seed(seed))   # (B, T, d)
+        with torch.no_grad():
+            fast = layer(token)
+            weights, experts = layer.router.route(layer.router.logits(token.reshape(1, 8)), layer.expert_bias)
+            sorted_output, dropped = layer._dispatch(token.reshape(1, 8), weights, experts)
+            for shared in layer.shared_experts:
+                sorted_output = sorted_output + shared(token.reshape(1, 8))
+        assert torch.equal(fast, sorted_output.reshape(1, 1, 8)) and dropped is None
+    assert len(shortcut_calls) == 20
+
+
+def test_the_one_token_shortcut_is_taken_only_in_inference_without_a_capacity_limit():
+    layer = make_layer(8, 16, 4, 2, seed=12)
+    roomy = make_layer(8, 16, 4, 2, seed=12, capacity_factor=4.0)
+    calls = []
+    for module in (layer, roomy):
+        one_token = module._one_token
+        module._one_token = lambda *args, one_token=one_token: calls.append(1) or one_token(*args)
+    token = torch.randn(1, 8, dtype=torch.float64)
+    layer(token)                                   # with gradients: the training path
+    layer(torch.randn(2, 8, dtype=torch.float64))  # two tokens
+    with torch.no_grad():
+        roomy(token)                               # a capacity limit: the queue path
+        assert calls == []
+        torch.testing.assert_close(layer(token), roomy(token), rtol=0, atol=0)
+    assert calls == [1]
