@@ -1190,12 +1190,12 @@ def _check_expert_load_share(learner) -> str:
                        hint="one share per expert, also for experts that receive nothing (bincount's minlength)")
         if _close(answer, expected):
             continue
-        counts = count_per_expert(experts, E).double()
+        counts = count_per_expert(experts, E).to("cpu", torch.float64)
         variants = [
             ("shares of the N·k slots: they sum to 1", lambda: counts / experts.shape[0]),
             ("divide the counts by the number of slots to get shares", lambda: counts),
             ("count every slot, not only each token's first choice",
-             lambda: count_per_expert(experts[:, 0], E).double() / experts.shape[0]),
+             lambda: count_per_expert(experts[:, 0], E).to("cpu", torch.float64) / experts.shape[0]),
         ]
         hint = _diagnose(answer, variants, "count the slots of each expert, then divide by the number of slots")
         raise _Mistake(f"{label}: your shares differ from moe_helpers.moe.RoutingStats.load_share.", hint)
