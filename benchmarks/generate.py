@@ -12,8 +12,10 @@ Measured side by side in one run, on the same weights and the same prompts:
 * ``transformers, no cache``  the same with ``use_cache=False``: the reference
                     library's own ratio between the two, for comparison.
 
-The three are first checked to pick the same tokens while the sequence fits in
-``max_seq_len`` (past it the course's cache slides and transformers' does not).
+All of them (and, for the dense model, the same cached step written as one
+function of the weights, see ``one_function``) are first checked to pick the same
+tokens while the sequence fits in ``max_seq_len`` (past it the course's cache
+slides and transformers' does not).
 Targets, with the ``laptop`` model on a CPU and 256 new tokens: cached at least
 5x uncached, and no slower than transformers.
 
