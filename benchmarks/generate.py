@@ -20,7 +20,7 @@ Targets, with the ``laptop`` model on a CPU and 256 new tokens: cached at least
 5x uncached, and no slower than transformers.
 
 It also prints the anatomy of one cached step: how many tensor operations it runs
-(counted with a ``TorchDispatchMode``), the time per operation, and the FLOPs of its
+(``accounting.count_operations``), the time per operation, and the FLOPs of its
 matrix products.  At the ``laptop`` size a step is a few hundred operations on
 vectors of 128 numbers, each costing microseconds of Python and dispatch, far more
 than its arithmetic: that fixed cost, not the cache, bounds the ratio.
@@ -37,9 +37,8 @@ import time
 
 import torch
 import torch.nn.functional as F
-from torch.utils._python_dispatch import TorchDispatchMode
 
-from moe_helpers.accounting import flops_per_token
+from moe_helpers.accounting import count_operations, flops_per_token
 from moe_helpers.config import preset
 from moe_helpers.growth import upcycle
 from moe_helpers.layers import rope_frequencies
@@ -128,25 +127,10 @@ def check_same_tokens(variants: dict, prompt: torch.Tensor, fits: int) -> None:
             raise AssertionError(f"{name} picked other tokens than {first_name}")
 
 
-class CountOperations(TorchDispatchMode):
-    """Counts the tensor operations (ATen calls) run inside its ``with`` block."""
-
-    def __init__(self):
-        super().__init__()
-        self.count = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.count += 1
-        return func(*args, **(kwargs or {}))
-
-
 def operations_per_cached_step(model: GPT, prompt: torch.Tensor, steps: int = 16) -> float:
     """Tensor operations per new token of cached generation (the prompt's step subtracted)."""
-    counts = []
-    for new_tokens in (1, 1 + steps):
-        with CountOperations() as counter:
-            model.generate(prompt, new_tokens, temperature=0)
-        counts.append(counter.count)
+    counts = [count_operations(lambda: model.generate(prompt, new_tokens, temperature=0))
+              for new_tokens in (1, 1 + steps)]
     return (counts[1] - counts[0]) / steps
 
 

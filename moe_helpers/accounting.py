@@ -17,9 +17,11 @@ microseconds.  Tests check that the two always agree.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 import torch.nn as nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from .config import ModelConfig
 
@@ -206,6 +208,28 @@ class TrainingMemory:
         compute = "bf16 autocast, fp32 master weights" if self.precision == "bf16" else "fp32"
         return (f"  Memory ({compute}): {self.total / 2**30:.1f} GiB = {self.state.total / 2**30:.1f} state "
                 f"+ {self.activations / 2**30:.1f} activations")
+
+
+class _CountOperations(TorchDispatchMode):
+    """Counts the tensor operations run inside its ``with`` block."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def count_operations(run: Callable[[], object]) -> int:
+    """How many tensor operations ``run()`` performs: the ATen calls (a matrix product, an
+    addition, a view, ...) that a ``TorchDispatchMode`` sees, after autograd.  Each one costs
+    a few microseconds of Python and dispatch before its arithmetic, which is what a step
+    on one token mostly pays for in a small model."""
+    with _CountOperations() as counter:
+        run()
+    return counter.count
 
 
 def kv_cache_bytes(cfg: ModelConfig, batch_size: int, seq_len: int, dtype=torch.float32) -> int:

@@ -327,6 +327,60 @@ plt.show()
 # `transformers`, repeated, medians) and checks its targets.
 
 # %% [markdown]
+# ### 2.1 Where a cached step's time goes
+#
+# PyTorch runs a forward pass as a sequence of **tensor operations** (a matrix product, a softmax, an
+# addition, ...), and each one costs a few microseconds of Python and dispatch before any arithmetic
+# starts. A `TorchDispatchMode` sees every operation, so we can count them
+# (`moe_helpers.accounting.count_operations`): for one cached step and one uncached step at three points
+# of the story.
+
+# %%
+from moe_helpers.accounting import count_operations
+
+
+def operations(run) -> int:
+    """Tensor operations of ``run()`` in inference mode, as ``generate`` runs the model."""
+    with torch.inference_mode():
+        return count_operations(run)
+
+
+def cached_step_operations(text: torch.Tensor) -> int:
+    """Operations of reading the last token of ``text`` (1, L) after a cache holding the rest."""
+    cache = model.new_kv_cache()
+    with torch.inference_mode():
+        model(text[:, :-1], cache=cache, with_routing=False)
+    return operations(lambda: model(text[:, -1:], cache=cache, with_routing=False))
+
+
+print(f"{'context':>7} {'operations':>21} {'MFLOP':>17} {'ms (measured above)':>21}")
+print(f"{'':7} {'cached':>10} {'uncached':>10} {'cached':>8} {'uncached':>8} {'cached':>10} {'uncached':>10}")
+op_counts = {}
+for context in (P + 10, P + 100, cfg.max_seq_len - 1):
+    text = cached_out[:, :context]                                        # (1, context) a real story
+    cached_ops = cached_step_operations(text)
+    uncached_ops = operations(lambda: model(text, with_routing=False))
+    op_counts[context] = cached_ops, uncached_ops
+    step = context - P                                                     # index of that step above
+    print(f"{context:7d} {cached_ops:10d} {uncached_ops:10d} {flops_per_token(cfg, context).forward / 1e6:8.1f} "
+          f"{context * flops_per_token(cfg, context).forward / 1e6:8.0f} "
+          f"{1e3 * cached_steps[step]:10.2f} {1e3 * plain_steps[step]:10.2f}")
+cached_counts = [cached for cached, _ in op_counts.values()]
+assert len(set(cached_counts)) == 1, "a cached step runs the same operations whatever the context"
+assert all(uncached < 2 * cached for cached, uncached in op_counts.values())
+
+# %% [markdown]
+# *What to notice:* a cached step runs the same few hundred operations at every length of the story,
+# and an uncached step runs hardly more -- the same layers, on bigger tensors (the uncached MoE layer
+# sorts its token slots instead of calling two experts, hence the extra ones). The arithmetic is what
+# differs, by a factor of the context length. At this size a cached step's arithmetic (a few MFLOP) takes
+# microseconds and its operations a millisecond, so the time per cached step is mostly the fixed cost of
+# its operations, and the cache wins far less than the arithmetic ratio (section 2 printed this
+# machine's ratio; `benchmarks/generate.py` measures it side by side, and also times the same step
+# written as one function of the weights, without modules: faster still). The same count holds for a
+# large model, where every operation carries millions of multiply-adds and the fixed cost vanishes.
+
+# %% [markdown]
 # ## 3. What the cache costs: memory
 #
 # The cache holds, for every layer, a key and a value vector per key/value head per position:

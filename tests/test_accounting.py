@@ -452,3 +452,16 @@ def test_readme_fsdp_memory_table_is_what_the_function_gives():
         expected = [fsdp_training_memory(cfg, chosen.train.micro_batch_size, chosen.train.seq_len, ranks).total
                     / 2**30 for ranks in (1, 2, 4, 8)]
         assert printed == [round(value, 1) for value in expected], row
+
+
+def test_count_operations_counts_each_tensor_operation():
+    from moe_helpers.accounting import count_operations
+
+    x = torch.randn(4, 3)
+    assert count_operations(lambda: None) == 0
+    assert count_operations(lambda: (x + 1) * 2) == 2
+    assert count_operations(lambda: x @ x.T) >= 2            # the transpose (a view) and the product
+    # a model step is many operations
+    layer = torch.nn.Linear(3, 3, bias=False)
+    with torch.no_grad():
+        assert count_operations(lambda: layer(x).relu()) >= 2
