@@ -113,31 +113,41 @@ def autocast(precision: str, device: torch.device):
 
 @torch.no_grad()
 def evaluate(model: nn.Module, data: TokenData, batch_size: int, seq_len: int, batches: int = 8,
-             device="cpu", seed: int = 1234, precision: str = "fp32") -> float:
+             device="cpu", seed: int = 1234, precision: str = "fp32", parallel=None) -> float:
     """Mean validation cross-entropy (aux losses excluded) over fixed batches.
 
     The same ``seed`` gives the same batches, so losses of different models,
     or of one model before and after growth, are directly comparable.  Jump
-    checks use the default float32; training logs use the training precision."""
+    checks use the default float32; training logs use the training precision.
+    Under data parallelism (``parallel``, every rank calls it) each rank reads its
+    slice of every batch and the ranks' means are averaged: the whole batches'
+    loss, for a share of the work."""
     was_training = model.training
     model.eval()
     generator = torch.Generator().manual_seed(seed)
     total = torch.zeros((), device=device)
     for _ in range(batches):
+        inputs, targets = data.batch("val", batch_size, seq_len, device, generator)
+        if parallel is not None:
+            inputs, targets = parallel.my_slice(inputs, targets)
         with autocast(precision, device):
-            total += model(*data.batch("val", batch_size, seq_len, device, generator)).loss
+            total += model(inputs, targets).loss
+    if parallel is not None:                    # equal slices: the mean of the ranks' means
+        total = parallel.all_reduce_sum_(total) / parallel.world
     model.train(was_training)
     return total.item() / batches
 
 
-def evaluate_config(model: nn.Module, data: TokenData, config: TrainConfig, precision: str = "fp32") -> float:
+def evaluate_config(model: nn.Module, data: TokenData, config: TrainConfig, precision: str = "fp32",
+                    parallel=None) -> float:
     """``evaluate`` with a ``TrainConfig``'s batches, read in micro-batches.
 
     ``eval_batches * grad_accum`` micro-batches draw the same windows as
     ``eval_batches`` whole batches, so the loss does not depend on how a
     small GPU splits the batch."""
+    device = pick_device(config.device) if parallel is None else parallel.device
     return evaluate(model, data, config.micro_batch_size, config.seq_len, config.eval_batches * config.grad_accum,
-                    pick_device(config.device), precision=precision)
+                    device, precision=precision, parallel=parallel)
 
 
 def format_log_line(step: int, loss: float, seconds: float, aux_loss: float | None = None,
@@ -325,7 +335,7 @@ def train_phase(model: nn.Module, data: TokenData, config: TrainConfig, phase: i
                             window.add(forward(*data.batch("train", config.micro_batch_size, config.seq_len,
                                                            device, measuring)))
                 window = window.over_ranks(parallel)
-                val_loss = (evaluate_config(model, data, config, precision) if is_eval else None)
+                val_loss = (evaluate_config(model, data, config, precision, parallel) if is_eval else None)
                 record = {
                     "phase": phase, "step": step, "global_step": phase_start_step + step,
                     **window.summary(),

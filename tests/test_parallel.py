@@ -110,6 +110,8 @@ def test_two_processes_track_one_and_write_the_same_outputs(runs):
     assert [r["global_step"] for r in a] == [r["global_step"] for r in b]
     gaps = [abs(x["train_loss"] - y["train_loss"]) for x, y in zip(a, b)]
     assert max(gaps) <= 1e-3, max(gaps)                          # measured 3.4e-4 (aux losses are per rank)
+    val_gaps = [abs(x["val_loss"] - y["val_loss"]) for x, y in zip(a, b) if x["val_loss"] is not None]
+    assert len(val_gaps) >= 3 and max(val_gaps) <= 1e-3, val_gaps  # measured 2.4e-5; each rank reads half
     summary = json.loads((two / "summary.json").read_text())
     assert [abs(p["jump"]) < 1e-4 for p in summary["phases"][1:]] == [True, True]
     assert layout(one) == layout(two)
@@ -121,6 +123,9 @@ def test_expert_parallel_run_tracks_one_process(runs):
     (one, _), (ep, stdout) = runs[1], runs["ep"]
     gaps = [abs(x["train_loss"] - y["train_loss"]) for x, y in zip(records(one), records(ep))]
     assert len(gaps) == len(records(one)) and max(gaps) <= 1e-4, max(gaps)     # measured 1e-6
+    val_gaps = [abs(x["val_loss"] - y["val_loss"]) for x, y in zip(records(one), records(ep))
+                if x["val_loss"] is not None]
+    assert len(val_gaps) >= 3 and max(val_gaps) <= 1e-4, val_gaps   # measured 5e-7
     summary = json.loads((ep / "summary.json").read_text())
     assert [abs(p["jump"]) < 1e-4 for p in summary["phases"][1:]] == [True, True]
     assert layout(one) == layout(ep)

@@ -305,3 +305,44 @@ def test_precision_auto_is_bf16_on_cuda_only():
     assert resolve_precision("bf16", torch.device("cpu")) == "bf16"
     with pytest.raises(ValueError, match="precision"):
         resolve_precision("fp16", torch.device("cpu"))
+
+
+class _OneRankOfTwo:
+    """Rank ``rank`` of a two-rank ``DataParallel`` without processes: its all-reduce adds
+    what the other rank would contribute, handed in by the test."""
+
+    world = 2
+
+    def __init__(self, rank: int, other_ranks_sum: torch.Tensor | None = None):
+        from moe_helpers.distributed import DataParallel
+
+        self.rank, self.other = rank, other_ranks_sum
+        self.my_slice = DataParallel(rank, 2, torch.device("cpu")).my_slice
+        self.reduced = []
+
+    def all_reduce_sum_(self, tensor: torch.Tensor) -> torch.Tensor:
+        self.reduced.append(tensor.clone())
+        if self.other is not None:
+            tensor += self.other
+        return tensor
+
+
+def test_under_data_parallelism_each_rank_evaluates_its_slice(tiny, tiny_preset):
+    """Each rank reads half of every validation batch; with the other rank's sum added by the
+    all-reduce, the result is the whole batches' loss."""
+    from moe_helpers.train import evaluate
+
+    torch.manual_seed(0)
+    model = GPT(tiny_preset.model).eval()
+    rows = []
+    model.register_forward_pre_hook(lambda module, args: rows.append(args[0].shape[0]))
+    whole = evaluate(model, tiny, 8, 32, batches=3)
+    assert rows == [8, 8, 8]
+    partial_sums = []
+    for rank in (0, 1):
+        lonely = _OneRankOfTwo(rank)
+        evaluate(model, tiny, 8, 32, batches=3, parallel=lonely)
+        partial_sums.append(lonely.reduced[0])                      # this rank's sum of its 3 slice losses
+    assert rows[3:] == [4] * 6                                       # half a batch per forward pass
+    rank0 = _OneRankOfTwo(0, other_ranks_sum=partial_sums[1])
+    assert evaluate(model, tiny, 8, 32, batches=3, parallel=rank0) == pytest.approx(whole, abs=1e-6)
