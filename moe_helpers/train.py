@@ -314,7 +314,9 @@ def train_phase(model: nn.Module, data: TokenData, config: TrainConfig, phase: i
                     step_loads = [load + stats.tokens_per_expert for load, stats in zip(step_loads, out.routing)]
                 if parallel is not None:   # every rank stops together, or none does
                     parallel.all_reduce_sum_(step_objective)
-                    step_loads = [parallel.all_reduce_sum_(load) for load in step_loads]
+                    # an expert bias moves by the whole step's load, alike on every rank
+                    step_loads = [parallel.all_reduce_sum_(load) if layer.expert_bias is not None else load
+                                  for layer, load in zip(moe_layers, step_loads)]
                 if not torch.isfinite(step_objective):
                     raise FloatingPointError(f"loss is {step_objective.item()} at step {step} of phase {phase}")
                 if parallel is not None:

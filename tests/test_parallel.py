@@ -162,3 +162,11 @@ def test_expert_parallel_needs_processes_and_experts_that_divide(tmp_path):
     three = train(tmp_path / "three", 3, "--expert-parallel")                # the tiny preset has 4 experts
     assert three.returncode != 0
     assert "num_experts (4) must be divisible by the number of ranks (3)" in three.stderr
+
+
+def test_the_expert_bias_moves_alike_on_every_rank_and_as_in_one_process():
+    """Auxiliary-loss-free balancing under FSDP2: each step's load is summed over the ranks before
+    the bias moves, so every rank holds one process's bias: see bias_check.py."""
+    result = torchrun("bias_check.py", 2)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "expert bias OK on 2 ranks" in result.stdout
