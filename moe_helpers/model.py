@@ -133,7 +133,6 @@ class GPT(nn.Module):
             loss = F.cross_entropy(upcast(logits.flatten(0, 1)), targets.flatten())
         return ModelOutput(logits=logits, loss=loss, aux_loss=aux_loss, routing=routing)
 
-    @torch.no_grad()
     def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
                  top_k: int | None = None, generator: torch.Generator | None = None,
                  use_cache: bool = True) -> torch.Tensor:

@@ -222,10 +222,7 @@ class ExpertParallelMoE(nn.Module):
         sequences = torch.tensor(float(per_sequence.shape[0]), device=logits.device)
         return _all_reduce_sum(per_sequence.sum(), self.group) / _all_reduce_sum(sequences, self.group)
 
-    @torch.no_grad()
-    def update_expert_bias(self, tokens_per_expert: torch.Tensor) -> None:
-        """Aux-loss-free balancing from the *global* counts, so every rank's bias stays the same."""
-        if self.expert_bias is None:
-            return
-        load = tokens_per_expert.to(self.expert_bias.device, torch.float32)
-        self.expert_bias += (self.bias_update_rate * torch.sign(load.mean() - load)).to(self.expert_bias.dtype)
+    # Aux-loss-free balancing, the single-process rule: the counts ``train_phase`` hands over are
+    # this layer's *global* ones (``tokens_per_expert`` of its routing record), so every rank's
+    # bias moves alike.
+    update_expert_bias = MoELayer.update_expert_bias
