@@ -165,8 +165,10 @@ def test_expert_parallel_needs_processes_and_experts_that_divide(tmp_path):
 
 
 def test_the_expert_bias_moves_alike_on_every_rank_and_as_in_one_process():
-    """Auxiliary-loss-free balancing under FSDP2: each step's load is summed over the ranks before
-    the bias moves, so every rank holds one process's bias: see bias_check.py."""
+    """Auxiliary-loss-free balancing under FSDP2, with and without expert parallelism: each step's
+    load is summed over the ranks before the bias moves, so every rank holds one process's bias:
+    see bias_check.py."""
     result = torchrun("bias_check.py", 2)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "expert bias OK on 2 ranks" in result.stdout
+    assert "FSDP2: expert bias OK on 2 ranks" in result.stdout
+    assert "expert parallel + FSDP2: expert bias OK on 2 ranks" in result.stdout

@@ -1,12 +1,13 @@
 """Run by ``torchrun`` from ``tests/test_parallel.py``: auxiliary-loss-free balancing under data parallelism.
 
 Every rank trains the same tiny MoE, whose layers keep an expert bias, with ``train_phase`` on its
-slice of the same batches (FSDP2), and a plain copy on the whole batches as one process would.  Each
+slice of the same batches (FSDP2, with and without expert parallelism), and a plain copy on the whole batches as one process would.  Each
 bias moves by the load of the whole step, summed over the ranks, so after training it is the same on
 every rank and the same as the single process's (float64, so that no routing choice differs by rounding).
 """
 
 import copy
+import dataclasses
 import sys
 
 import numpy as np
@@ -26,8 +27,7 @@ def check(condition: bool, message: str) -> None:
         sys.exit(1)
 
 
-def main() -> None:
-    parallel = DataParallel.from_environment()
+def compare(parallel: DataParallel) -> None:
     tiny = preset("tiny")
     # aux losses off: under data parallelism each rank would balance its own slice (see fsdp_check.py)
     cfg = tiny.model.replace(num_experts=4, top_k=2, bias_update_rate=0.01, aux_loss_coef=0.0, z_loss_coef=0.0)
@@ -48,7 +48,14 @@ def main() -> None:
     check(all(torch.equal(other, mine) for other in everyone), "the ranks' expert biases differ")
     check(torch.equal(mine, expected), f"the biases differ from one process's by {(mine - expected).abs().max():.3g}")
     if parallel.is_main:
-        print(f"expert bias OK on {parallel.world} ranks", flush=True)
+        kind = "expert parallel + FSDP2" if parallel.expert_parallel else "FSDP2"
+        print(f"{kind}: expert bias OK on {parallel.world} ranks", flush=True)
+
+
+def main() -> None:
+    parallel = DataParallel.from_environment()
+    compare(parallel)
+    compare(dataclasses.replace(parallel, expert_parallel=True))   # the bias of ExpertParallelMoE layers
     dist.destroy_process_group()
 
 
