@@ -6,11 +6,18 @@ Measured side by side in one run, on the same weights and the same prompts:
                     one new token and attends to the stored keys and values;
 * ``uncached``      ``GPT.generate(use_cache=False)``: each step re-encodes the whole
                     context (up to ``max_seq_len`` tokens);
+* ``uncached, all logits``  the same, but scoring every position of the context
+                    instead of the last one only (``only_last_logits``): what
+                    that waste would add to the baseline;
 * ``transformers``  the model exported with ``moe_helpers.hf.to_hf``
                     (``LlamaForCausalLM`` / ``MixtralForCausalLM``) generating with
                     its own ``DynamicCache`` (``do_sample=False``);
 * ``transformers, no cache``  the same with ``use_cache=False``: the reference
                     library's own ratio between the two, for comparison.
+
+``GPT.generate`` computes the logits of the last position only, with or without
+the cache, as transformers' ``generate`` does (``logits_to_keep=1``), so the
+ratios measure the cache and nothing else.
 
 All of them (and, for the dense model, the same cached step written as one
 function of the weights, see ``one_function``) are first checked to pick the same
@@ -56,6 +63,19 @@ def theirs(exported, use_cache: bool = True):
     def generate(prompt, new_tokens):
         return exported.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=new_tokens,
                                  min_new_tokens=new_tokens, do_sample=False, pad_token_id=0, use_cache=use_cache)
+    return generate
+
+
+def uncached_all_logits(model: GPT):
+    """Uncached greedy generation that computes the logits of every position of the context and
+    keeps the last row (``GPT.generate(use_cache=False)`` asks for the last position only)."""
+    def generate(prompt, new_tokens):
+        context = prompt
+        with torch.inference_mode():
+            for _ in range(new_tokens):
+                logits = model(context[:, -model.cfg.max_seq_len:], with_routing=False).logits   # (B, T, V)
+                context = torch.cat([context, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+        return context.clone()                                  # an ordinary tensor
     return generate
 
 
@@ -173,7 +193,8 @@ def main() -> int:
     for label, model in models(not args.dense_only).items():
         prompt = torch.randint(0, model.cfg.vocab_size, (args.batch, args.prompt_tokens),
                                generator=torch.Generator().manual_seed(1))
-        variants = {"cached": ours(model, True), "uncached": ours(model, False)}
+        variants = {"cached": ours(model, True), "uncached": ours(model, False),
+                    "uncached, all logits": uncached_all_logits(model)}
         if not model.cfg.is_moe:
             variants["cached, one function"] = one_function(model)
         if to_hf is not None:
@@ -190,6 +211,9 @@ def main() -> int:
               f"each; {matmul_mflop:.1f} MFLOP of arithmetic per token")
         over_uncached = speed["cached"] / speed["uncached"]
         print(f"  cached / uncached      {over_uncached:5.2f}x   (target >= {TARGET_CACHED_OVER_UNCACHED:g}x)")
+        print(f"  scoring every position would make the uncached steps "
+              f"{speed['uncached'] / speed['uncached, all logits'] - 1:.0%} slower "
+              f"(cached / that: {speed['cached'] / speed['uncached, all logits']:.2f}x)")
         if "cached, one function" in speed:
             print(f"  the same cached step as one function of the weights: "
                   f"{1e6 * args.batch / speed['cached, one function']:.0f} us, "

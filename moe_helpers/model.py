@@ -109,16 +109,22 @@ class GPT(nn.Module):
         return KVCache(self.cfg.n_layers, self.cfg.max_seq_len)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
-                cache: KVCache | None = None, with_routing: bool = True) -> ModelOutput:
+                cache: KVCache | None = None, with_routing: bool = True,
+                only_last_logits: bool = False) -> ModelOutput:
         """``idx``: token ids (B, T); ``targets``: the next tokens (B, T) or None.
 
         With a ``cache`` (``new_kv_cache()``), ``idx`` holds only the tokens that
         follow what the cache has seen; their keys and values are added to it.
         ``with_routing=False`` skips the MoE layers' statistics and aux losses
-        (generation needs neither): ``aux_loss`` is then 0 and ``routing`` empty."""
+        (generation needs neither): ``aux_loss`` is then 0 and ``routing`` empty.
+        ``only_last_logits=True`` computes the logits of the last position only,
+        (B, 1, vocab_size): all that picking the next token needs (the output layer
+        is a vocab_size x d_model product per position, a large share of a pass)."""
         _, T = idx.shape
         if T > self.cfg.max_seq_len:
             raise ValueError(f"sequence length {T} exceeds max_seq_len {self.cfg.max_seq_len}")
+        if only_last_logits and targets is not None:
+            raise ValueError("only_last_logits computes no loss: the targets need the logits of every position")
         x = self.tok_embeddings(idx)                                  # (B, T, d_model)
         aux_loss, routing = x.new_zeros(()), []
         layer_caches = [None] * len(self.layers) if cache is None else cache.layers
@@ -127,7 +133,9 @@ class GPT(nn.Module):
             if block_routing is not None:
                 aux_loss = aux_loss + block_routing.aux_loss
                 routing.append(block_routing)
-        logits = self.lm_head(self.norm(x))                           # (B, T, vocab_size)
+        if only_last_logits:
+            x = x[:, -1:]                                             # (B, 1, d_model)
+        logits = self.lm_head(self.norm(x))                           # (B, T or 1, vocab_size)
         loss = None
         if targets is not None:
             loss = F.cross_entropy(upcast(logits.flatten(0, 1)), targets.flatten())
@@ -145,7 +153,8 @@ class GPT(nn.Module):
 
         ``use_cache=True`` keeps every layer's keys and values (``new_kv_cache``),
         so each step runs the model on one new token; ``False`` re-encodes the
-        whole context every step.  Both give the same tokens while the sequence
+        whole context every step.  Either way only the last position's logits are
+        computed (``only_last_logits``).  Both give the same tokens while the sequence
         fits in ``max_seq_len``.  Past it they differ on purpose: without the
         cache the context is cropped to the last ``max_seq_len`` tokens and
         re-encoded from scratch, so the oldest kept token suddenly has no left
@@ -166,9 +175,10 @@ class GPT(nn.Module):
         with torch.inference_mode():
             for _ in range(max_new_tokens):
                 if cache is None:                                     # re-read the (cropped) context
-                    logits = self(context[:, -self.cfg.max_seq_len:], with_routing=False).logits
+                    logits = self(context[:, -self.cfg.max_seq_len:], with_routing=False,
+                                  only_last_logits=True).logits
                 else:                                                 # read only the unseen tokens
-                    logits = self(pending, cache=cache, with_routing=False).logits
+                    logits = self(pending, cache=cache, with_routing=False, only_last_logits=True).logits
                 pending = pick_next_token(logits[:, -1, :].float(), temperature, top_k, generator)  # (B, 1)
                 new_tokens.append(pending)
                 if cache is None:

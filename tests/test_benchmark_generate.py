@@ -1,6 +1,7 @@
 """The instruments of ``benchmarks/generate.py`` (its timings are not tested: they belong to the
 benchmark's own run): the one-function cached decoder writes what ``GPT.generate`` writes, also
-past ``max_seq_len`` where both caches slide, and the operation count is a count."""
+past ``max_seq_len`` where both caches slide, the variant that scores every position writes what
+uncached generation writes, and the operation count is a count."""
 
 from __future__ import annotations
 
@@ -42,6 +43,20 @@ def test_the_one_function_decoder_writes_the_same_tokens_as_generate():
     ours = model.generate(prompt, steps, temperature=0)
     assert torch.equal(bench.one_function(model)(prompt, steps), ours)
     assert len(set(ours[0].tolist())) > 3                                  # not one token repeated
+
+
+def test_the_all_logits_variant_writes_what_uncached_generate_writes():
+    bench = _benchmark()
+    model = _model(DENSE)
+    prompt = torch.randint(0, 64, (2, 5), generator=torch.Generator().manual_seed(3))
+    steps = 2 * DENSE.max_seq_len                                        # crops the context too
+    ours = model.generate(prompt, steps, temperature=0, use_cache=False)
+    theirs = bench.uncached_all_logits(model)(prompt, steps)
+    assert torch.equal(theirs, ours) and not theirs.is_inference()
+    rows = []
+    model.lm_head.register_forward_pre_hook(lambda module, args: rows.append(args[0].shape[1]))
+    bench.uncached_all_logits(model)(prompt, 3)
+    assert rows == [5, 6, 7]                                             # every position scored
 
 
 def test_the_one_function_decoder_refuses_what_it_does_not_cover():

@@ -68,6 +68,33 @@ def test_sequence_longer_than_max_seq_len_is_rejected(tiny_dense_config):
     assert model(too_long[:, :-1]).logits.shape == (1, tiny_dense_config.max_seq_len, 64)
 
 
+def test_only_last_logits_are_the_last_row_of_the_full_logits(any_config, token_ids):
+    model = build(any_config)
+    full = model(token_ids).logits                                        # (2, 12, vocab)
+    last = model(token_ids, only_last_logits=True)
+    assert last.logits.shape == (2, 1, any_config.vocab_size)
+    torch.testing.assert_close(last.logits, full[:, -1:], rtol=0, atol=1e-6)
+    assert torch.equal(last.aux_loss, model(token_ids).aux_loss)         # the blocks ran on every token
+    cache = model.new_kv_cache()                                          # and with a cache: the same rows
+    model(token_ids[:, :5], cache=cache)
+    torch.testing.assert_close(model(token_ids[:, 5:], cache=cache, only_last_logits=True).logits,
+                               full[:, -1:], rtol=0, atol=1e-5)
+
+
+def test_only_last_logits_refuses_targets(tiny_dense_config, token_ids):
+    with pytest.raises(ValueError, match="only_last_logits"):
+        build(tiny_dense_config)(token_ids, targets=token_ids, only_last_logits=True)
+
+
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_generate_computes_the_logits_of_the_last_position_only(tiny_moe_config, use_cache):
+    model = build(tiny_moe_config)
+    rows = []
+    model.lm_head.register_forward_pre_hook(lambda module, args: rows.append(args[0].shape[1]))
+    model.generate(torch.arange(6)[None], max_new_tokens=4, temperature=0, use_cache=use_cache)
+    assert rows == [1, 1, 1, 1]                                           # never the whole context's
+
+
 def test_aux_loss_is_zero_for_dense_and_positive_for_moe(tiny_dense_config, tiny_moe_config, token_ids):
     assert build(tiny_dense_config)(token_ids).aux_loss.item() == 0.0
     moe = build(tiny_moe_config)
