@@ -22,7 +22,10 @@ import argparse
 import dataclasses
 import json
 import os
+import signal
 import sys
+import threading
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -439,6 +442,27 @@ def export_main(args) -> int:
     return 0
 
 
+@contextmanager
+def _terminate_like_ctrl_c():
+    """While active, SIGTERM stops the run as Ctrl-C does: at the end of the current step, with a
+    checkpoint.  It is what torchrun sends its workers when it is stopped, and what job schedulers
+    send before they preempt a job.  Yields the list of SIGTERMs received."""
+    received = []
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+
+    def handler(signum, frame):
+        received.append(signum)
+        signal.raise_signal(signal.SIGINT)      # handled by training's Ctrl-C flag, or KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield received
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "export":
@@ -456,27 +480,29 @@ def main(argv=None) -> int:
         return 2
     if parallel is not None and not parallel.is_main:
         sys.stdout = open(os.devnull, "w")              # rank 0 alone prints (errors still reach stderr)
-    try:
-        if args.dry_run:
-            dry_run(configure(args.preset, **overrides))
-            return 0
-        run_pipeline(args.preset, args.data, out, resume=args.resume, progress=not args.no_progress,
-                     parallel=parallel, **overrides)
-    except KeyboardInterrupt:
-        print(f"\nInterrupted. A checkpoint is in {out}/checkpoints; continue with --resume.", file=sys.stderr)
-        return 130
-    except FloatingPointError as error:
-        print(f"\nStopped: {error}. The last good checkpoint is kept in {out}/checkpoints.", file=sys.stderr)
-        return 4
-    except JumpError as error:
-        print(f"\nStopped: {error}", file=sys.stderr)
-        return 3
-    except (RunError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    finally:
-        if parallel is not None:
-            torch.distributed.destroy_process_group()
+    with _terminate_like_ctrl_c() as terminated:
+        try:
+            if args.dry_run:
+                dry_run(configure(args.preset, **overrides))
+                return 0
+            run_pipeline(args.preset, args.data, out, resume=args.resume, progress=not args.no_progress,
+                         parallel=parallel, **overrides)
+        except KeyboardInterrupt:
+            print(f"\n{'Terminated' if terminated else 'Interrupted'}. A checkpoint is in {out}/checkpoints; "
+                  f"continue with --resume.", file=sys.stderr)
+            return 143 if terminated else 130                  # the shells' codes for SIGTERM and SIGINT
+        except FloatingPointError as error:
+            print(f"\nStopped: {error}. The last good checkpoint is kept in {out}/checkpoints.", file=sys.stderr)
+            return 4
+        except JumpError as error:
+            print(f"\nStopped: {error}", file=sys.stderr)
+            return 3
+        except (RunError, ValueError) as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+        finally:
+            if parallel is not None:
+                torch.distributed.destroy_process_group()
     print(f"\nDone: metrics, plots, stories, summary, checkpoints and the transformers export (hf/) "
           f"are in {out}/")
     return 0

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from moe_helpers.accounting import all_to_all_bytes
 
@@ -148,6 +150,46 @@ def test_a_run_resumes_with_another_number_of_processes(runs, tmp_path, started,
     original = [r for r in records(source) if r["phase"] > phase]
     gaps = [abs(x["train_loss"] - y["train_loss"]) for x, y in zip(continued, original)]
     assert len(continued) == len(original) and max(gaps) <= 1e-3, max(gaps)
+
+
+@pytest.mark.parametrize("how", ["Ctrl-C", "SIGTERM to torchrun"])
+def test_a_stopped_run_writes_a_checkpoint_on_every_rank_and_resumes(runs, tmp_path, how):
+    """Ctrl-C in a terminal signals torchrun and its workers (one process group); a job scheduler, or
+    ``kill``, signals torchrun, which sends SIGTERM to its workers.  Either way the ranks finish the
+    step together, write one checkpoint and exit; ``--resume`` then ends where the run that was never
+    stopped ended."""
+    out = tmp_path / "stopped"
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", HF_HUB_OFFLINE="1",
+               HF_DATASETS_OFFLINE="1")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+               "-m", "moe_helpers", "train", *FAST, "--out", str(out)]
+    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True, start_new_session=True)       # its own group, as in a terminal
+    seen = []
+    try:
+        for line in process.stdout:                                      # stop in the middle of phase 2
+            seen.append(line)
+            if "Phase 2 \u2014 MoE" in "".join(seen) and line.startswith("  step   10"):
+                if how == "Ctrl-C":
+                    os.killpg(process.pid, signal.SIGINT)
+                else:
+                    process.send_signal(signal.SIGTERM)
+                break
+        rest, _ = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    output = "".join(seen) + rest
+    assert process.returncode != 0, output
+    assert output.count("Interrupted." if how == "Ctrl-C" else "Terminated.") == 2, output   # each rank
+    state = torch.load(out / "checkpoints" / "latest.pt", weights_only=True)
+    assert state["phase"] == 2 and not state["completed"] and state["train_state"]["step"] >= 10
+
+    resumed = train(out, 2, "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    final, never_stopped = (json.loads((folder / "summary.json").read_text())["phases"][-1]["final_val_loss"]
+                            for folder in (out, runs[2][0]))
+    assert abs(final - never_stopped) <= 1e-6, (final, never_stopped)
 
 
 def test_a_batch_that_does_not_split_over_the_ranks_is_refused(tmp_path):

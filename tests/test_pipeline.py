@@ -98,7 +98,9 @@ def test_dry_run_of_seed_prints_the_original_figures_in_seconds():
     assert "(66 experts idle)" in result.stdout
 
 
-def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, finished_run):
+@pytest.mark.parametrize("stop_signal, exit_code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, finished_run, stop_signal, exit_code):
+    """Ctrl-C, or a SIGTERM (a job scheduler's, torchrun's), ends the step, writes a checkpoint and exits."""
     reference, _ = finished_run
     out = tmp_path / "interrupted"
     process = subprocess.Popen(command(*FAST, "--out", str(out)), cwd=ROOT, stdout=subprocess.PIPE,
@@ -107,10 +109,11 @@ def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, finished_run):
     for line in process.stdout:             # interrupt in the middle of phase 2
         seen.append(line)
         if "Phase 2 \u2014 MoE" in "".join(seen) and line.startswith("  step   10"):
-            process.send_signal(signal.SIGINT)
+            process.send_signal(stop_signal)
             break
     rest, _ = process.communicate(timeout=300)
-    assert process.returncode == 130, "".join(seen) + rest
+    assert process.returncode == exit_code, "".join(seen) + rest
+    assert ("Terminated." if stop_signal == signal.SIGTERM else "Interrupted.") in rest
     state = torch.load(out / "checkpoints" / "latest.pt", weights_only=True)
     assert state["phase"] == 2 and not state["completed"]
 
