@@ -451,10 +451,11 @@ print("✓ resuming the finished run trained nothing and gave back the same summ
 # * **everything else is the same**: banners, log lines, the jump checks (the run stops with exit code
 #   3 if a jump reaches 0.001), `metrics.jsonl`, plots, stories, checkpoints.
 #
-# If the job stops (a preempted cloud GPU, Ctrl-C, which writes a checkpoint first), run the same
-# command with `--resume` added: it continues from `runs/seed/checkpoints/latest.pt`, mid-phase or
-# between phases. `--dry-run` prints the three banners without training; `--help` lists every option
-# (`--steps-phase1/2/3`, `--lr-phase1/2/3`, `--experts`, `--top-k`, `--width-factor`, `--new-layers`, ...).
+# If the job stops, run the same command with `--resume` added. Ctrl-C, and the SIGTERM that a
+# scheduler sends before it preempts a cloud GPU, both let the step finish and write a checkpoint
+# first (a crash or a power cut leaves the last periodic one). `--resume` continues from
+# `runs/seed/checkpoints/latest.pt`, mid-phase or between phases. `--dry-run` prints the three banners
+# without training; `--help` lists every option (`--steps-phase1/2/3`, `--lr-phase1/2/3`, `--experts`, `--top-k`, `--width-factor`, `--new-layers`, ...).
 
 # %%
 from moe_helpers.accounting import flops_per_token, memory_bytes
