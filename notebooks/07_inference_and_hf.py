@@ -378,13 +378,17 @@ for context in (P + 10, P + 100, cfg.max_seq_len - 1):
 cached_counts = [cached for cached, _ in op_counts.values()]
 assert len(set(cached_counts)) == 1, "a cached step runs the same operations whatever the context"
 assert all(uncached < 2 * cached for cached, uncached in op_counts.values())
+work_ratios = [uncached_step_mflop(context) / (flops_per_token(cfg, context).forward / 1e6) for context in op_counts]
+print(f"uncached / cached arithmetic: {', '.join(f'{ratio:.0f}x' for ratio in work_ratios)}; "
+      f"operations: {', '.join(f'{u / c:.2f}x' for c, u in op_counts.values())}")
+assert work_ratios[0] > 10 and work_ratios == sorted(work_ratios), "the arithmetic grows with the context"
 
 # %% [markdown]
 # *What to notice:* a cached step runs the same few hundred operations at every length of the story,
 # and an uncached step runs hardly more -- the same layers, on bigger tensors (the uncached MoE layer
 # sorts its token slots instead of calling two experts, hence the extra ones). The arithmetic is what
-# differs, by a factor of the context length. At this size a cached step's arithmetic (a few MFLOP) takes
-# microseconds and its operations a millisecond, so the time per cached step is mostly the fixed cost of
+# differs, by a factor that grows with the context (the printed ratios). At this size a cached step's
+# arithmetic (a few MFLOP) takes microseconds and its operations a millisecond, so the time per cached step is mostly the fixed cost of
 # its operations, and the cache wins far less than the arithmetic ratio (section 2 printed this
 # machine's ratio; `benchmarks/generate.py` measures it side by side, and also times the same step
 # written as one function of the weights, without modules: faster still). The same count holds for a
