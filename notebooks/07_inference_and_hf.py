@@ -388,11 +388,12 @@ assert work_ratios[0] > 10 and work_ratios == sorted(work_ratios), "the arithmet
 # and an uncached step runs hardly more -- the same layers, on bigger tensors (the uncached MoE layer
 # sorts its token slots instead of calling two experts, hence the extra ones). The arithmetic is what
 # differs, by a factor that grows with the context (the printed ratios). At this size a cached step's
-# arithmetic (a few MFLOP) takes microseconds and its operations a millisecond, so the time per cached step is mostly the fixed cost of
-# its operations, and the cache wins far less than the arithmetic ratio (section 2 printed this
-# machine's ratio; `benchmarks/generate.py` measures it side by side, and also times the same step
-# written as one function of the weights, without modules: faster still). The same count holds for a
-# large model, where every operation carries millions of multiply-adds and the fixed cost vanishes.
+# arithmetic (a few MFLOP) takes microseconds and its operations a millisecond, so the time per cached
+# step is mostly the fixed cost of its operations, and the cache wins far less than the arithmetic
+# ratio (section 2 printed this machine's ratio; `benchmarks/generate.py` measures it side by side,
+# and also times the same step written as one function of the weights, without modules: faster still).
+# The same count holds for a large model, where every operation carries millions of multiply-adds and
+# the fixed cost vanishes.
 
 # %% [markdown]
 # ## 3. What the cache costs: memory
