@@ -1,14 +1,13 @@
 """Run by ``torchrun`` from ``tests/test_parallel.py``: auxiliary-loss-free balancing under data parallelism.
 
 Every rank trains the same tiny MoE, whose layers keep an expert bias, with ``train_phase`` on its
-slice of the same batches (FSDP2, with and without expert parallelism), and a plain copy on the whole batches as one process would.  Each
-bias moves by the load of the whole step, summed over the ranks, so after training it is the same on
-every rank and the same as the single process's (float64, so that no routing choice differs by rounding).
+slice of the same batches (FSDP2, with and without expert parallelism), and a plain copy on the
+whole batches as one process would. Each bias moves by the load of the whole step, summed over the
+ranks, so after training it is the same on every rank and the same as the single process's (float64,
+so that no routing choice differs by rounding).
 """
 
 import copy
-import dataclasses
-import sys
 
 import numpy as np
 import torch
@@ -20,11 +19,7 @@ from moe_helpers.distributed import DataParallel
 from moe_helpers.model import GPT
 from moe_helpers.train import train_phase
 
-
-def check(condition: bool, message: str) -> None:
-    if not condition:
-        print(f"rank {dist.get_rank()}: {message}", file=sys.stderr, flush=True)
-        sys.exit(1)
+from common import check, with_and_without_expert_parallelism
 
 
 def compare(parallel: DataParallel) -> None:
@@ -52,12 +47,5 @@ def compare(parallel: DataParallel) -> None:
         print(f"{kind}: expert bias OK on {parallel.world} ranks", flush=True)
 
 
-def main() -> None:
-    parallel = DataParallel.from_environment()
-    compare(parallel)
-    compare(dataclasses.replace(parallel, expert_parallel=True))   # the bias of ExpertParallelMoE layers
-    dist.destroy_process_group()
-
-
 if __name__ == "__main__":
-    main()
+    with_and_without_expert_parallelism(compare)

@@ -7,7 +7,6 @@ own experts, the router gradient (summed over ranks), the aux loss and the globa
 Exits non-zero, naming the case, at the first difference over the tolerance.
 """
 
-import sys
 
 import torch
 import torch.distributed as dist
@@ -15,14 +14,10 @@ import torch.distributed as dist
 from moe_helpers.moe import MoELayer
 from moe_helpers.parallel import ExpertParallelMoE
 
+from common import check
+
 TOLERANCE = 1e-10
 D_MODEL, D_FF, TOKENS_PER_RANK = 16, 24, 24
-
-
-def check(condition: bool, message: str) -> None:
-    if not condition:
-        print(f"rank {dist.get_rank()}: {message}", file=sys.stderr, flush=True)
-        sys.exit(1)
 
 
 def close(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -8,8 +8,6 @@ into a fresh FSDP2 one, and one more step from each must agree again.
 """
 
 import copy
-import dataclasses
-import sys
 
 import torch
 import torch.distributed as dist
@@ -20,14 +18,10 @@ from moe_helpers.distributed import (DataParallel, full_state_dict, load_optimiz
 from moe_helpers.model import GPT
 from moe_helpers.train import make_optimizer
 
+from common import check, with_and_without_expert_parallelism
+
 TOLERANCE = 1e-10         # losses
 WEIGHT_TOLERANCE = 1e-8   # weights and AdamW moments: Adam's 1/sqrt(v) amplifies rounding where a gradient is ~0
-
-
-def check(condition: bool, message: str) -> None:
-    if not condition:
-        print(f"rank {dist.get_rank()}: {message}", file=sys.stderr, flush=True)
-        sys.exit(1)
 
 
 def step(model, optimizer, inputs, targets, parallel=None) -> float:
@@ -107,12 +101,5 @@ def compare(parallel: DataParallel) -> None:
         print(f"{kind} OK on {parallel.world} ranks", flush=True)
 
 
-def main() -> None:
-    parallel = DataParallel.from_environment()
-    compare(parallel)
-    compare(dataclasses.replace(parallel, expert_parallel=True))
-    dist.destroy_process_group()
-
-
 if __name__ == "__main__":
-    main()
+    with_and_without_expert_parallelism(compare)
