@@ -365,20 +365,20 @@ def uncached_step_mflop(context: int) -> float:
 
 print(f"{'context':>7} {'operations':>21} {'MFLOP':>17} {'ms (measured above)':>21}")
 print(f"{'':7} {'cached':>10} {'uncached':>10} {'cached':>8} {'uncached':>8} {'cached':>10} {'uncached':>10}")
-op_counts = {}
+op_counts, work_ratios = {}, []
 for context in (P + 10, P + 100, cfg.max_seq_len - 1):
     text = cached_out[:, :context]                                        # (1, context) a real story
     cached_ops = cached_step_operations(text)
     uncached_ops = operations(lambda: model(text, with_routing=False, only_last_logits=True))
     op_counts[context] = cached_ops, uncached_ops
+    cached_mflop, uncached_mflop = flops_per_token(cfg, context).forward / 1e6, uncached_step_mflop(context)
+    work_ratios.append(uncached_mflop / cached_mflop)
     step = context - P                                                     # index of that step above
-    print(f"{context:7d} {cached_ops:10d} {uncached_ops:10d} {flops_per_token(cfg, context).forward / 1e6:8.1f} "
-          f"{uncached_step_mflop(context):8.0f} "
+    print(f"{context:7d} {cached_ops:10d} {uncached_ops:10d} {cached_mflop:8.1f} {uncached_mflop:8.0f} "
           f"{1e3 * cached_steps[step]:10.2f} {1e3 * plain_steps[step]:10.2f}")
 cached_counts = [cached for cached, _ in op_counts.values()]
 assert len(set(cached_counts)) == 1, "a cached step runs the same operations whatever the context"
 assert all(uncached < 2 * cached for cached, uncached in op_counts.values())
-work_ratios = [uncached_step_mflop(context) / (flops_per_token(cfg, context).forward / 1e6) for context in op_counts]
 print(f"uncached / cached arithmetic: {', '.join(f'{ratio:.0f}x' for ratio in work_ratios)}; "
       f"operations: {', '.join(f'{u / c:.2f}x' for c, u in op_counts.values())}")
 assert work_ratios[0] > 10 and work_ratios == sorted(work_ratios), "the arithmetic grows with the context"
