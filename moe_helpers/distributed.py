@@ -13,7 +13,8 @@ gradient as one process on the whole batch.  Rank 0 alone prints and writes.
 * ``shard(model)`` / ``gather(model)``: FSDP2 for training, a plain full ``GPT``
   on every rank for growth, checkpoints, stories and export;
 * ``optimizer_state`` / ``load_optimizer_state``: AdamW state keyed by parameter
-  name with whole tensors, so one checkpoint format serves any number of ranks.
+  name with whole tensors, so one checkpoint format serves any number of ranks;
+* ``leave_process_group()`` at the end: frees the sharded models, then the group.
 
 With ``expert_parallel=True`` the MoE layers become ``parallel.ExpertParallelMoE``:
 each rank keeps ``E / W`` whole experts (not a shard of every expert) and the
@@ -22,12 +23,28 @@ token slots travel to them; FSDP2 manages everything else.
 
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 import torch.nn as nn
+
+
+def leave_process_group() -> None:
+    """End this process's part in the process group, for a clean exit.
+
+    A ``fully_shard``-ed model refers to itself in a cycle (each block's FSDP state
+    lists the root's modules), so dropping the last name for it does not free it:
+    only the garbage collector does.  If the collector has not run by then, the model,
+    with its sharded weights and the communication work they hold, is freed during
+    the interpreter's shutdown, after the group is gone, and gloo can abort the process
+    ("terminate called without an active exception") although the run finished well.
+    So collect first, then destroy the group.
+    """
+    gc.collect()
+    dist.destroy_process_group()
 
 
 @dataclass(frozen=True)

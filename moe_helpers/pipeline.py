@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 from .accounting import count_parameters, phase_banner, training_memory
-from .distributed import DataParallel, full_state_dict
+from .distributed import DataParallel, full_state_dict, leave_process_group
 from .config import PRECISIONS, ModelConfig, Preset, preset, preset_names
 from .data import prepare_preset_data
 from .growth import grow, preservation_report, upcycle
@@ -502,7 +502,7 @@ def main(argv=None) -> int:
             return 2
         finally:
             if parallel is not None:
-                torch.distributed.destroy_process_group()
+                leave_process_group()
     print(f"\nDone: metrics, plots, stories, summary, checkpoints and the transformers export (hf/) "
           f"are in {out}/")
     return 0

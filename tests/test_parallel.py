@@ -214,3 +214,46 @@ def test_the_expert_bias_moves_alike_on_every_rank_and_as_in_one_process():
     assert result.returncode == 0, result.stderr[-3000:]
     assert "FSDP2: expert bias OK on 2 ranks" in result.stdout
     assert "expert parallel + FSDP2: expert bias OK on 2 ranks" in result.stdout
+
+
+def test_leaving_the_process_group_frees_the_sharded_models_first(monkeypatch):
+    """A ``fully_shard``-ed model lives in a reference cycle, so dropping it does not free it.
+    ``leave_process_group`` collects it before it destroys the group; freed later, in the
+    interpreter's shutdown, it made gloo abort finished runs ("terminate called without an
+    active exception"). One process, a gloo group of one, the automatic collector off."""
+    import gc
+    import weakref
+
+    import torch.distributed as dist
+    from torch.distributed.fsdp import fully_shard
+
+    from moe_helpers.config import preset
+    from moe_helpers.distributed import leave_process_group
+    from moe_helpers.model import GPT
+
+    alive_at_destroy = []
+    destroy = dist.destroy_process_group
+    monkeypatch.setattr(dist, "destroy_process_group", lambda: (alive_at_destroy.append(model() is not None),
+                                                                destroy()))
+    was_enabled = gc.isenabled()
+    gc.disable()
+    dist.init_process_group("gloo", rank=0, world_size=1, store=dist.HashStore())
+    try:
+        cfg = preset("tiny").model.replace(num_experts=4, top_k=2)
+        sharded = GPT(cfg)
+        for block in sharded.layers:
+            fully_shard(block)
+        fully_shard(sharded)
+        tokens = torch.randint(0, cfg.vocab_size, (2, 8))
+        sharded(tokens, tokens).loss.backward()
+        model = weakref.ref(sharded)
+        del sharded, block
+        assert model() is not None                      # the cycle: only the collector frees it
+        leave_process_group()
+    finally:
+        if dist.is_initialized():
+            destroy()
+        if was_enabled:
+            gc.enable()
+    assert alive_at_destroy == [False]
+    assert not dist.is_initialized()

@@ -8,7 +8,7 @@ from typing import Callable
 
 import torch.distributed as dist
 
-from moe_helpers.distributed import DataParallel
+from moe_helpers.distributed import DataParallel, leave_process_group
 
 
 def check(condition: bool, message: str) -> None:
@@ -23,4 +23,4 @@ def with_and_without_expert_parallelism(compare: Callable[[DataParallel], None])
     parallel = DataParallel.from_environment()
     compare(parallel)
     compare(dataclasses.replace(parallel, expert_parallel=True))
-    dist.destroy_process_group()
+    leave_process_group()

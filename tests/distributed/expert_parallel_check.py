@@ -11,6 +11,7 @@ Exits non-zero, naming the case, at the first difference over the tolerance.
 import torch
 import torch.distributed as dist
 
+from moe_helpers.distributed import leave_process_group
 from moe_helpers.moe import MoELayer
 from moe_helpers.parallel import ExpertParallelMoE
 
@@ -126,7 +127,7 @@ def main() -> None:
     check_refusals()
     if dist.get_rank() == 0:
         print(f"expert parallel OK on {world} ranks", flush=True)
-    dist.destroy_process_group()
+    leave_process_group()
 
 
 if __name__ == "__main__":
