@@ -376,7 +376,11 @@ assert abs(measured / formula - 1) < 0.05
 # gradients are averaged over the ranks, so each optimiser step sees the mean gradient of the whole
 # batch, as one process would. Growth and checkpoints work on the gathered full model (`gather`), and
 # the optimiser state is saved by parameter name with whole tensors, so a run stopped with two processes
-# resumes with one, or with any other number. Rank 0 alone prints and writes.
+# resumes with one, or with any other number. Rank 0 alone prints and writes. At the end each rank calls
+# `leave_process_group()`, which runs Python's garbage collector before `destroy_process_group`: a
+# `fully_shard`-ed model lives in a reference cycle, and freed only as the interpreter shuts down, after
+# the group has gone, it sometimes made gloo abort a rank that had finished well. Do the same in your
+# own FSDP2 scripts (section 2's script shards nothing, so a plain `destroy_process_group` does).
 #
 # We run the `tiny` preset with short phases (30 + 20 + 20 steps, a log line every step) three times:
 # in one process, in two, and in two with `--expert-parallel` (each MoE layer becomes section 2's
