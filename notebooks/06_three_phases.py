@@ -455,7 +455,8 @@ print("✓ resuming the finished run trained nothing and gave back the same summ
 # scheduler sends before it preempts a cloud GPU, both let the step finish and write a checkpoint
 # first (a crash or a power cut leaves the last periodic one). `--resume` continues from
 # `runs/seed/checkpoints/latest.pt`, mid-phase or between phases. `--dry-run` prints the three banners
-# without training; `--help` lists every option (`--steps-phase1/2/3`, `--lr-phase1/2/3`, `--experts`, `--top-k`, `--width-factor`, `--new-layers`, ...).
+# without training; `--help` lists every option (`--steps-phase1/2/3`, `--lr-phase1/2/3`, `--experts`,
+# `--top-k`, `--width-factor`, `--new-layers`, ...).
 
 # %%
 from moe_helpers.accounting import flops_per_token, memory_bytes

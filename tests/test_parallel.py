@@ -61,16 +61,21 @@ def test_fsdp2_training_and_its_optimizer_state_equal_one_process():
 # ------------------------------------------------------- the three-phase run
 FAST = ["--preset", "tiny", "--no-progress", "--steps-phase1", "30", "--steps-phase2", "20",
         "--steps-phase3", "20", "--log-every", "1"]
-MODULE = str(ROOT / "moe_helpers")
 
 
-def train(out: Path, processes: int, *extra: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    """``python -m moe_helpers train`` in one process, or under torchrun in several."""
+def train_command(out: Path, processes: int, *extra: str) -> tuple[list[str], dict]:
+    """``python -m moe_helpers train`` in one process, or under torchrun in several, and its
+    environment (one torch thread a process, the hub offline)."""
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", HF_HUB_OFFLINE="1",
                HF_DATASETS_OFFLINE="1")
     launcher = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}"]
                 if processes > 1 else [sys.executable])
-    command = [*launcher, "-m", "moe_helpers", "train", *FAST, "--out", str(out), *extra]
+    return [*launcher, "-m", "moe_helpers", "train", *FAST, "--out", str(out), *extra], env
+
+
+def train(out: Path, processes: int, *extra: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run ``train_command`` to its end."""
+    command, env = train_command(out, processes, *extra)
     return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 
@@ -159,10 +164,7 @@ def test_a_stopped_run_writes_a_checkpoint_on_every_rank_and_resumes(runs, tmp_p
     step together, write one checkpoint and exit; ``--resume`` then ends where the run that was never
     stopped ended."""
     out = tmp_path / "stopped"
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", HF_HUB_OFFLINE="1",
-               HF_DATASETS_OFFLINE="1")
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-               "-m", "moe_helpers", "train", *FAST, "--out", str(out)]
+    command, env = train_command(out, 2)
     process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                text=True, start_new_session=True)       # its own group, as in a terminal
     seen = []
