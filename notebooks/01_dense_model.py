@@ -141,6 +141,8 @@ for figure, ours, real, source in comparison:
     print(f"{figure:30s} {ours:>20s} {real:>20s}   {source}")
 words_per_story = corpus_words / len(stories)
 assert 120 <= words_per_story <= 220, "stories should be about as long as TinyStories' (~160 words)"
+bytes_per_story = sum(len(story.encode()) for story in stories) / len(stories)    # the table's second row
+assert 700 <= bytes_per_story <= 1_300, "stories should take about as many bytes as TinyStories' (~906)"
 distinct_in_500 = corpus_statistics(stories[:500])["distinct_words"]           # the table's fourth row
 assert distinct_in_500 >= 2_000, "the vocabulary should be within reach of TinyStories' (3,193 words in 500 stories)"
 

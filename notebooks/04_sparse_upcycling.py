@@ -396,6 +396,8 @@ if MOE_STEPS in dense_eval_steps:
     print(f"  at the same number of steps ({MOE_STEPS}) the dense model was at {dense_same_steps:.4f}")
 assert math.isclose(moe_val_losses[0], dense_val_losses[0], abs_tol=1e-5)    # the same starting point
 assert moe_final < moe_val_losses[0] and dense_final < dense_val_losses[0]   # both kept learning
+if not SCALE_UP:       # the short CPU run (measured: ahead by 0.15); with SCALE_UP the gap may close
+    assert dense_final < moe_final - 0.05, "with the CPU defaults the dense model should be clearly ahead"
 
 # %% [markdown]
 # How to read this. With the CPU defaults the **dense model comes out ahead**, and that is a real
