@@ -83,8 +83,9 @@ def test_inactive_is_the_notes_formula_on_the_built_model(name):
 
 
 def test_laptop_phases_by_hand():
-    """vocab 2048, d 128, 4 layers, d_ff 384, untied; phase 2: 4 experts, top-2."""
-    dense, moe, _ = preset("laptop").phase_configs()
+    """vocab 2048, d 128, 4 layers, d_ff 384, untied; phase 2: 4 experts, top-2; phase 3: twice as
+    wide (d 256, d_ff 768) and 2 blocks deeper (the README's 1.38 M -> 3.15 M -> 16.79 M)."""
+    dense, moe, grown = preset("laptop").phase_configs()
     embedding = 2048 * 128
     attention = 4 * 128 * 128
     ffn = 3 * 128 * 384
@@ -94,6 +95,11 @@ def test_laptop_phases_by_hand():
     assert moe_counts.total == 2 * embedding + 4 * (attention + 4 * ffn + 128 * 4) + norms
     assert moe_counts.inactive == 4 * 2 * ffn
     assert moe_counts.experts_idle == 8
+    wide_embedding, wide_attention, wide_ffn = 2048 * 256, 4 * 256 * 256, 3 * 256 * 768
+    grown_counts = count_from_config(grown)
+    assert grown_counts.total == (2 * wide_embedding + 6 * (wide_attention + 4 * wide_ffn + 256 * 4)
+                                  + (2 * 6 + 1) * 256) == 16_786_688
+    assert grown_counts.inactive == 6 * 2 * wide_ffn
 
 
 def test_count_from_config_allocates_nothing_and_is_right_for_mixtral():
