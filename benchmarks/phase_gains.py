@@ -6,7 +6,9 @@ not tested.  This script runs exactly what ``make run`` runs (``run_pipeline`` w
 ``laptop`` preset: 300 + 100 + 100 steps) on the offline corpus, or on the data given
 with ``--data``, into a temporary folder, prints each phase's validation loss at its
 start and end, and exits non-zero unless phases 2 and 3 each lower it by at least
-``--margin`` nats (default 0.05).
+``--margin`` nats (default 0.05).  It also checks what the run measures at each
+transition (upcycling, then growth): the validation loss moves by less than 1e-5 and
+no logit by 1e-4 or more (the run itself stops only at a jump of 1e-3).
 
     OMP_NUM_THREADS=2 python benchmarks/phase_gains.py            # ~2.5 min on 2 CPU cores
     OMP_NUM_THREADS=2 python benchmarks/phase_gains.py --data /shared/tinystories
@@ -21,6 +23,8 @@ import sys
 import tempfile
 
 from moe_helpers.pipeline import run_pipeline
+
+JUMP_TARGET, LOGITS_TARGET = 1e-5, 1e-4     # |loss after - loss before|, max |delta logits| at a transition
 
 
 def main() -> int:
@@ -39,7 +43,13 @@ def main() -> int:
         print(f"  phase {entry['phase']} ({entry['steps']} steps): {entry['start_val_loss']:.3f} -> "
               f"{entry['final_val_loss']:.3f}, {gain:.3f} nats lower"
               + (f" (target >= {needed})" if needed else ""))
-    print("FAIL: a phase learned too little" if failed else "OK: every phase lowered the validation loss enough")
+        if entry["jump"] is not None:
+            kept = abs(entry["jump"]) < JUMP_TARGET and entry["max_abs_logit_diff"] < LOGITS_TARGET
+            failed |= not kept
+            print(f"    entering it: loss jump {abs(entry['jump']):.1e} (target < {JUMP_TARGET:g}), "
+                  f"max |delta logits| {entry['max_abs_logit_diff']:.1e} (target < {LOGITS_TARGET:g})")
+    print("FAIL: a phase learned too little or a transition changed the model's function" if failed
+          else "OK: every phase lowered the validation loss enough, every transition kept the function")
     return int(failed)
 
 
