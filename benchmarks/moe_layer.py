@@ -17,7 +17,8 @@ inside every repeat, so a busy machine slows them all alike), it times:
 
 Every variant is first checked to compute the same outputs and input gradients
 as ``MoELayer``.  Targets: moe / dense <= 1.1, and faster than the transformers
-block, at the ``laptop`` size and larger.
+block, at the ``laptop`` size and larger; the script exits non-zero when one is
+missed.
 
     python benchmarks/moe_layer.py                          # all sizes, torch's default threads
     python benchmarks/moe_layer.py --quick                  # laptop size and one larger, fewer repeats
@@ -240,15 +241,22 @@ def print_table(rows: list[tuple[Size, dict[str, float], float]]) -> None:
               f"{size.num_experts:>3} {size.top_k:>2} {share:>9.2f} | {cells} | {ratios}")
 
 
-def print_verdict(rows: list[tuple[Size, dict[str, float], float]]) -> None:
-    """Say, per size, whether the issue's targets were met."""
+def print_verdict(rows: list[tuple[Size, dict[str, float], float]]) -> list[str]:
+    """Say, per size, whether the targets were met; return the missed ones."""
+    missed = []
     for size, times, _ in rows:
+        meets = times["moe"] <= TARGET_MOE_OVER_DENSE * times["dense"]
         verdicts = [f"moe/dense {times['moe'] / times['dense']:.2f} "
-                    f"({'meets' if times['moe'] <= TARGET_MOE_OVER_DENSE * times['dense'] else 'misses'}"
-                    f" <= {TARGET_MOE_OVER_DENSE})"]
+                    f"({'meets' if meets else 'misses'} <= {TARGET_MOE_OVER_DENSE})"]
+        if not meets:
+            missed.append(f"{size.name}: moe/dense {times['moe'] / times['dense']:.2f}")
         for name in (name for name in times if name.startswith("hf")):
-            verdicts.append(f"{'faster' if times['moe'] < times[name] else 'slower'} than {name}")
+            faster = times["moe"] < times[name]
+            verdicts.append(f"{'faster' if faster else 'slower'} than {name}")
+            if not faster:
+                missed.append(f"{size.name}: slower than {name}")
         print(f"{size.name}: " + ", ".join(verdicts))
+    return missed
 
 
 def print_machine_load() -> None:
@@ -263,7 +271,7 @@ def print_machine_load() -> None:
           + (" -- busy machine: multi-threaded timings include waits for the CPU" if load > cores else ""))
 
 
-def main(argv=None) -> None:
+def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="two sizes, fewer repeats (a minute or two)")
     parser.add_argument("--repeats", type=int, default=None, help="timed repeats per variant (default 15, quick 5)")
@@ -289,8 +297,10 @@ def main(argv=None) -> None:
     print()
     print_table(rows)
     print()
-    print_verdict(rows)
+    missed = print_verdict(rows)
+    print("\nall targets met" if not missed else "\nmissed: " + "; ".join(missed))
+    return 1 if missed else 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())
