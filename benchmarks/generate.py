@@ -154,6 +154,12 @@ def operations_per_cached_step(model: GPT, prompt: torch.Tensor, steps: int = 16
     return (counts[1] - counts[0]) / steps
 
 
+def average_uncached_context(prompt_tokens: int, new_tokens: int, max_seq_len: int) -> float:
+    """Tokens an uncached step re-encodes, on average: step i reads the prompt and the i tokens
+    written so far, cropped to the last ``max_seq_len``."""
+    return sum(min(prompt_tokens + i, max_seq_len) for i in range(new_tokens)) / new_tokens
+
+
 def models(with_moe: bool) -> dict:
     torch.manual_seed(0)
     dense = GPT(preset("laptop").model).eval()
@@ -209,6 +215,9 @@ def main() -> int:
         matmul_mflop = flops_per_token(model.cfg, args.prompt_tokens + args.new_tokens // 2).forward / 1e6
         print(f"  a cached step: {operations:.0f} tensor operations in {step_us:.0f} us, {step_us / operations:.1f} us "
               f"each; {matmul_mflop:.1f} MFLOP of arithmetic per token")
+        context = average_uncached_context(args.prompt_tokens, args.new_tokens, model.cfg.max_seq_len)
+        print(f"  an uncached step: re-encodes {context:.1f} tokens on average, in "
+              f"{1e6 * args.batch / speed['uncached']:.0f} us")
         over_uncached = speed["cached"] / speed["uncached"]
         print(f"  cached / uncached      {over_uncached:5.2f}x   (target >= {TARGET_CACHED_OVER_UNCACHED:g}x)")
         print(f"  scoring every position would make the uncached steps "

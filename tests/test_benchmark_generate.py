@@ -75,3 +75,16 @@ def test_operations_per_cached_step_counts_the_step():
     assert dense_ops >= 7 * DENSE.n_layers + 1
     assert moe_ops > dense_ops                     # routing and two experts instead of one network
     assert bench.operations_per_cached_step(dense, prompt) == dense_ops
+
+
+def test_the_average_uncached_context_is_what_uncached_generate_re_encodes():
+    bench = _benchmark()
+    model = _model(DENSE)
+    prompt = torch.randint(0, 64, (1, 5), generator=torch.Generator().manual_seed(3))
+    steps = 20                                                           # passes max_seq_len (16)
+    read = []
+    model.tok_embeddings.register_forward_pre_hook(lambda module, args: read.append(args[0].shape[1]))
+    model.generate(prompt, steps, temperature=0, use_cache=False)
+    assert read == [min(5 + i, 16) for i in range(steps)]
+    assert bench.average_uncached_context(5, steps, 16) == pytest.approx(sum(read) / steps)
+    assert bench.average_uncached_context(8, 256, 256) == pytest.approx(135.39, abs=0.01)   # the README's 135
