@@ -20,6 +20,13 @@ checked to produce exactly the tokens of ``cold``.  With ``num_proc`` > 1 the
 tokenizing workers are reported separately (``workers``); they start as copies
 of their parent, so their peak is taken above the parent's baseline too.
 
+Targets, at every story count (the script exits non-zero when one is missed): the
+old way yields exactly the same tokens; the second call is at least
+``TARGET_CACHED_SPEEDUP`` times faster than the first; the cached way's peak stays
+under ``TARGET_PEAK_MB`` above baseline (``tests/test_data_cache.py`` asserts the
+same bound); the old way's peak is at least ``TARGET_MEMORY_SAVING`` times the
+cached way's.
+
     python benchmarks/data_prep.py                 # 20 k and 100 k stories
     python benchmarks/data_prep.py --quick         # 5 k and 20 k
     python benchmarks/data_prep.py --stories 50000
@@ -43,6 +50,9 @@ TOKENIZER_STORIES = 50_000       # prepare_data's default tokenizer_limit
 VAL_FRACTION = 0.05              # validation stories per training story (prepare_data's default)
 HUB_TRAIN_STORIES = 2_100_000    # roughly the hub's train split: the `seed` preset reads all of it
 VARIANTS = ("cold", "cached", "old")
+TARGET_CACHED_SPEEDUP = 20       # first call's seconds / second call's
+TARGET_PEAK_MB = 600             # cold's peak above baseline, MB
+TARGET_MEMORY_SAVING = 4         # old way's peak above baseline / cold's
 
 
 def resident_mb() -> float:
@@ -137,7 +147,8 @@ def print_summary(results: list[dict], folder_bytes: dict[int, int]) -> None:
         print(f"{stories:,} stories: {cold['train_tokens']:,} training tokens "
               f"({cold['train_tokens'] / stories:.0f} per story); parquet shards "
               f"{folder_bytes[stories] / 1e6:.1f} MB; cache {cold['cache_bytes'] / 1e6:.1f} MB; "
-              f"cold {cold['seconds']:.1f} s, cached {cached['seconds']:.2f} s, old {old['seconds']:.1f} s; "
+              f"cold {cold['seconds']:.1f} s, cached {cached['seconds']:.2f} s "
+              f"({cold['seconds'] / cached['seconds']:.0f}x faster), old {old['seconds']:.1f} s; "
               f"old way's peak / cold's peak: {above_baseline(old) / above_baseline(cold):.1f}x; "
               f"same tokens: {old['same_tokens']}")
     largest = max(row["stories"] for row in results)
@@ -149,7 +160,26 @@ def print_summary(results: list[dict], folder_bytes: dict[int, int]) -> None:
           f"~{full_tokens / (cold['tokens'] / cold['seconds']) / 60:.0f} min to prepare at the cold rate above")
 
 
-def main() -> None:
+def missed_targets(results: list[dict]) -> list[str]:
+    """The targets (see the module's docstring) that a run missed, one line each."""
+    by = {(row["stories"], row["variant"]): row for row in results}
+    missed = []
+    for stories in sorted({row["stories"] for row in results}):
+        cold, cached, old = (by[(stories, variant)] for variant in VARIANTS)
+        if not old["same_tokens"]:
+            missed.append(f"{stories:,}: the old way's tokens differ from the cached files'")
+        if cold["seconds"] < TARGET_CACHED_SPEEDUP * cached["seconds"]:
+            missed.append(f"{stories:,}: second call only {cold['seconds'] / cached['seconds']:.1f}x faster "
+                          f"(target >= {TARGET_CACHED_SPEEDUP}x)")
+        if above_baseline(cold) > TARGET_PEAK_MB:
+            missed.append(f"{stories:,}: cached way's peak +{above_baseline(cold):.0f} MB (target <= {TARGET_PEAK_MB})")
+        if above_baseline(old) < TARGET_MEMORY_SAVING * above_baseline(cold):
+            missed.append(f"{stories:,}: old / cached peak {above_baseline(old) / above_baseline(cold):.1f}x "
+                          f"(target >= {TARGET_MEMORY_SAVING}x)")
+    return missed
+
+
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--stories", type=int, nargs="+", help="story counts (default 20000 100000)")
     parser.add_argument("--quick", action="store_true", help="5 k and 20 k stories")
@@ -158,7 +188,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.variant:
         print(json.dumps(run_variant(args.variant, args.folder, args.stories[0])))
-        return
+        return 0
     counts = args.stories or ([5_000, 20_000] if args.quick else [20_000, 100_000])
     from moe_helpers.hub_fixture import write_hub_shaped_dir
 
@@ -179,7 +209,10 @@ def main() -> None:
           f"tokenizer trained on min(N, {TOKENIZER_STORIES:,}) stories")
     print_table(results)
     print_summary(results, folder_bytes)
+    missed = missed_targets(results)
+    print("all targets met" if not missed else "missed: " + "; ".join(missed))
+    return 1 if missed else 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())
