@@ -31,6 +31,12 @@ model is the better buy at this budget, not that growth pays.
     OMP_NUM_THREADS=1 python benchmarks/growth_levers.py --levers none --grid --stack
     OMP_NUM_THREADS=1 python benchmarks/growth_levers.py --levers none --seeds 0 1 2 3 4 \\
         --recipe small_steps=300,grown_steps=150,fresh_batches=1               # a recipe vs the notebook's
+    OMP_NUM_THREADS=1 python benchmarks/growth_levers.py --check               # the README's claims, ~5 min
+
+``--check`` runs notebook 05's two recipes (the first, then growing later with a faster decay on
+fresh batches) over seeds 0-4 and exits non-zero unless, at every seed, the second saves more
+than 25% of the compute and more than 5 points above the first (a first recipe that never
+reaches the target counts as 0%): the bounds notebook 05 asserts at seed 0.
 
 Measured on 2 CPU cores with one torch thread (2026-12-01; one from-scratch run ~26 s, one
 200-step grown run ~17 s on an idle machine; the sweep ~6 minutes, ``--grid --stack`` ~4
@@ -200,6 +206,24 @@ def changes_of(recipe: Recipe) -> dict:
 
 
 STACK = [Recipe(warmup=25), Recipe(noise=0.03), Recipe(fresh_batches=True)]   # --stack without a sweep
+NOTEBOOK_LATE = Recipe(small_steps=300, grown_steps=150, fresh_batches=True)  # notebook 05's second recipe
+CHECK_SEEDS = (0, 1, 2, 3, 4)
+MIN_SAVED, MIN_GAIN_OVER_FIRST = 0.25, 0.05       # --check's bounds, at every seed
+
+
+def missed_checks(first_runs: list[dict], late_runs: list[dict]) -> list[str]:
+    """``--check``: the seeds at which notebook 05's second recipe saves 25% or less, or not more
+    than 5 points above its first (``None``, never reaching the target, counts as 0)."""
+    missed = []
+    for seed, first, late in zip(CHECK_SEEDS, first_runs, late_runs):
+        first_saved, late_saved = first["saved"] or 0.0, late["saved"] or 0.0
+        if small_alone_suffices(late) or late_saved <= MIN_SAVED:
+            missed.append(f"seed {seed}: the second recipe saves {late_saved:.1%} (target > {MIN_SAVED:.0%}"
+                          + (", with growth doing the work)" if small_alone_suffices(late) else ")"))
+        if late_saved <= first_saved + MIN_GAIN_OVER_FIRST:
+            missed.append(f"seed {seed}: {late_saved:.1%} vs the first recipe's {first_saved:.1%} "
+                          f"(target > {MIN_GAIN_OVER_FIRST:.0%} points more)")
+    return missed
 
 
 def main() -> int:
@@ -216,7 +240,12 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, nargs="*", default=[],
                         help="seeds on which to compare the notebook's recipe with the best (e.g. 0 1 2 3 4)")
     parser.add_argument("--eval-every", type=int, default=EVAL_EVERY, help="steps between evaluations (25)")
+    parser.add_argument("--check", action="store_true",
+                        help="only notebook 05's two recipes over seeds 0-4, exit non-zero when the README's "
+                             "bounds fail")
     args = parser.parse_args()
+    if args.check:                    # nothing else: the two recipes, seed by seed
+        args.levers, args.grid, args.stack, args.seeds = "none", False, False, list(CHECK_SEEDS)
     levers = [] if args.levers == "none" else args.levers.split(",")
     unknown = set(levers) - set(lever_variants())
     if unknown:
@@ -234,7 +263,7 @@ def main() -> int:
           "model's final loss, the grown-model step at which it reaches the from-scratch model's final loss, "
           "and the compute saved")
 
-    candidates = [parse_recipe(text) for text in args.recipe]
+    candidates = [NOTEBOOK_LATE] if args.check else [parse_recipe(text) for text in args.recipe]
     if levers or args.grid or args.stack:
         experiment = Experiment(data, 0, args.eval_every)
         measured = {}
@@ -306,7 +335,11 @@ def main() -> int:
                   + (f"; {never} never reached the target" if never else "")
                   + (f"; in {alone} the small model alone reached it" if alone else ""))
     print(f"\n({time.perf_counter() - started:.0f} s)")
-    return 0
+    if not args.check:
+        return 0
+    missed = missed_checks(results[Recipe()], results[NOTEBOOK_LATE])
+    print("all bounds met" if not missed else "missed: " + "; ".join(missed))
+    return 1 if missed else 0
 
 
 if __name__ == "__main__":
