@@ -31,7 +31,7 @@ model is the better buy at this budget, not that growth pays.
     OMP_NUM_THREADS=1 python benchmarks/growth_levers.py --levers none --grid --stack
     OMP_NUM_THREADS=1 python benchmarks/growth_levers.py --levers none --seeds 0 1 2 3 4 \\
         --recipe small_steps=300,grown_steps=150,fresh_batches=1               # a recipe vs the notebook's
-    OMP_NUM_THREADS=1 python benchmarks/growth_levers.py --check               # the README's claims, ~5 min
+    OMP_NUM_THREADS=1 python benchmarks/growth_levers.py --check               # the README's claims, ~7 min
 
 ``--check`` runs notebook 05's two recipes (the first, then growing later with a faster decay on
 fresh batches) over seeds 0-4 and exits non-zero unless, at every seed, the second saves more
@@ -217,12 +217,13 @@ def missed_checks(first_runs: list[dict], late_runs: list[dict]) -> list[str]:
     missed = []
     for seed, first, late in zip(CHECK_SEEDS, first_runs, late_runs):
         first_saved, late_saved = first["saved"] or 0.0, late["saved"] or 0.0
-        if small_alone_suffices(late) or late_saved <= MIN_SAVED:
-            missed.append(f"seed {seed}: the second recipe saves {late_saved:.1%} (target > {MIN_SAVED:.0%}"
-                          + (", with growth doing the work)" if small_alone_suffices(late) else ")"))
+        if small_alone_suffices(late):
+            missed.append(f"seed {seed}: the second recipe's small model alone reaches the target")
+        elif late_saved <= MIN_SAVED:
+            missed.append(f"seed {seed}: the second recipe saves {late_saved:.1%} (target > {MIN_SAVED:.0%})")
         if late_saved <= first_saved + MIN_GAIN_OVER_FIRST:
             missed.append(f"seed {seed}: {late_saved:.1%} vs the first recipe's {first_saved:.1%} "
-                          f"(target > {MIN_GAIN_OVER_FIRST:.0%} points more)")
+                          f"(target: more than {MIN_GAIN_OVER_FIRST * 100:.0f} points above)")
     return missed
 
 
