@@ -583,6 +583,11 @@ ax = plot_losses(history, title=f"Dense {model_cfg.d_model}-wide, {model_cfg.n_l
 ax.axhline(math.log(model_cfg.vocab_size), color="gray", ls="--", lw=1, label="ln(vocab_size): uniform guess")
 ax.legend()
 plt.show()
+uniform_guess, last_train = math.log(model_cfg.vocab_size), history.records[-1]["train_loss"]
+print(f"first validation loss {first_val:.3f}, ln(vocab_size) {uniform_guess:.3f}; "
+      f"at the end: training {last_train:.3f}, validation {last_val:.3f}")
+assert abs(first_val - uniform_guess) < 0.2                 # an untrained model guesses uniformly
+assert abs(last_train - last_val) < 0.15                    # validation tracks training: no overfitting
 
 # %% [markdown]
 # *What to notice:* the loss starts at the dashed line (a uniform guess over the vocabulary),
