@@ -208,6 +208,7 @@ print(f"sum of the chosen probabilities in block 0: mean {chosen_sum.mean():.3f}
 print(f"jump without renormalisation: {switch_report.jump:+.4f} nats/token, "
       f"{abs(switch_report.jump) / max(abs(report.jump), 1e-12):.0e} times the renormalised one")
 assert TOP_K / NUM_EXPERTS - 1e-6 <= chosen_sum.min() and chosen_sum.max() < 1
+assert chosen_sum.mean() < 0.65                     # about half of the FFN survives (measured 0.572)
 assert abs(switch_report.jump) > 0.02 and switch_report.max_abs_logit_diff > 100 * report.max_abs_logit_diff  # ~0.06
 
 # %% [markdown]
@@ -338,6 +339,7 @@ for block in range(len(moe.moe_layers)):
     print(f"block {block}: expert similarity {start:.6f} -> {end:.4f}; router LM gradient "
           f"{first['router_lm_grad'][block]:.1e} -> {last['router_lm_grad'][block]:.1e}")
     assert start > 1 - 1e-6 and end < 1 - 1e-3
+    assert end > 0.7                                # apart, but still highly similar (measured 0.82-0.93)
     assert last["router_lm_grad"][block] > 1e3 * first["router_lm_grad"][block]
 
 # %% [markdown]
@@ -406,7 +408,8 @@ if not SCALE_UP:       # the short CPU run (measured: ahead by 0.15); with SCALE
 # 1. *Equal compute is not equal steps.* Top-2 routing costs more per token, so the dense model gets
 #    more optimiser steps, and this early in training every step still lowers the loss a lot.
 # 2. *The experts have barely separated.* After this short run their outputs are still highly
-#    similar (the cosines printed in section 5): the MoE has not yet put its extra parameters to use.
+#    similar (cosines of 0.82 to 0.93, printed in section 5): the MoE has not yet put its extra
+#    parameters to use.
 # 3. *Each expert learns from part of the data.* An expert's gradient comes only from the tokens
 #    routed to it, and a token's output mixes two experts that were updated on different tokens,
 #    so per step the MoE's feed-forward function moves less than the dense one.
