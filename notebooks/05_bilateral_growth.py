@@ -455,6 +455,11 @@ late_small_curve = flops_curve(late_small_history, small_flops)
 late_grown_curve = flops_curve(late_grown_history, large_flops, already_spent=late_small_cost)
 late_grown_cost = flops_to_reach(*late_grown_curve, target)
 late_saving = compute_saved(late_grown_curve, scratch_curve)
+for small_run, grown_run in ((small_history, grown_history), (late_small_history, late_grown_history)):
+    first, second = (record["val_loss"] for record in grown_run.evaluated()[:2])
+    print(f"small model's last validation loss {small_run.last_val_loss:.4f}; the grown model's first "
+          f"two {first:.4f}, {second:.4f}")
+    assert abs(first - small_run.last_val_loss) < 1e-5 and second > first   # no jump, then the re-warmup's rise
 
 ax = plot_loss_vs_flops({f"small model, {SMALL_STEPS} steps": small_curve,
                          f"grown after {SMALL_STEPS}: the from-scratch recipe": grown_curve,
