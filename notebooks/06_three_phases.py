@@ -269,8 +269,8 @@ plt.show()
 # model changed its size, not what it computes.
 #
 # The note's check, for both transitions: the validation loss right after the change minus right
-# before, on the same fixed held-out batches, must be below 0.001. The course asks more of the logits:
-# they may move by less than 1e-4.
+# before, on the same fixed held-out batches, must be below 0.001. The course asks more: the loss may
+# move by less than 1e-5, the logits by less than 1e-4.
 
 # %%
 for phase in (2, 3):
@@ -278,7 +278,7 @@ for phase in (2, 3):
     print(f"Phase {phase - 1}→{phase}: loss {entry['loss_before']:.6f} → {entry['loss_after']:.6f}, "
           f"jump {entry['jump']:+.2e}, max |Δlogits| {entry['max_abs_logit_diff']:.1e}")
     assert abs(entry["jump"]) < JUMP_TOLERANCE, f"phase {phase}: the growth step changed the function"
-    assert entry["max_abs_logit_diff"] < 1e-4
+    assert abs(entry["jump"]) < 1e-5 and entry["max_abs_logit_diff"] < 1e-4     # what the course asks
 print(f"✓ both jumps < {JUMP_TOLERANCE}: upcycling and bilateral growth preserved the function")
 
 # %% [markdown]
@@ -297,7 +297,10 @@ for phase, entry in phases.items():
 for phase in (1, 2, 3):
     start_val = history.evaluated(phase)[0]["val_loss"]
     assert phases[phase]["final_val_loss"] < start_val, f"phase {phase} did not lower the validation loss"
+assert history.evaluated(1)[0]["val_loss"] - phases[1]["final_val_loss"] > 1.0   # whole nats in phase 1
 assert phases[1]["total_params"] < phases[2]["total_params"] < phases[3]["total_params"]
+if summary["device"] == "cpu":                     # on a CPU the arithmetic sets the pace
+    assert phases[1]["tokens_per_second"] > phases[2]["tokens_per_second"] > phases[3]["tokens_per_second"]
 
 # %% [markdown]
 # Every phase lowered the validation loss from where the previous one left it. The MoE phases process
@@ -330,6 +333,7 @@ for moment, record in moments.items():
     assert torch.allclose(loads.sum(dim=1), torch.ones(len(loads)), atol=1e-5)
     print(f"{moment:22}: {len(loads)} MoE layers, busiest expert {100 * loads.max():.0f} %, "
           f"quietest {100 * loads.min():.0f} % (uniform {100 / loads.shape[1]:.0f} %)")
+    assert 0.6 / loads.shape[1] < loads.min() and loads.max() < 1.5 / loads.shape[1]   # near uniform: 22-29%
 
 # %% [markdown]
 # Which phase-3 block came from which phase-2 block? `insertion_plan` says: each new block sits right
@@ -373,9 +377,9 @@ for block, source in enumerate(plan):
 
 # %% [markdown]
 # *What to notice:* right after growth the old blocks' heatmap rows are those of phase 2, row for row
-# (the largest change is zero or a single token slot in a few thousand); the new blocks differ. In
-# every panel the shares stay close to the uniform 1/E (white): the load-balancing loss keeps every
-# expert in use (red is an overloaded expert, blue a starved one).
+# (the largest change is zero here; the check allows a few token slots in the batch's 4,096); the
+# new blocks differ. In every panel the shares stay close to the uniform 1/E (white): the
+# load-balancing loss keeps every expert in use (red is an overloaded expert, blue a starved one).
 
 # %% [markdown]
 # ## 6. A story after each phase
