@@ -26,7 +26,7 @@
 #   and gradients, and draw the **all-to-all**: who sends how many token slots to whom;
 # - train the three phases with **FSDP2 in two processes**, with and without expert parallelism, and in
 #   one process, put the loss curves on top of each other, and see why plain FSDP2 drifts a few 1e-4
-#   from the single process in the MoE phases while the expert-parallel run stays within 1e-6;
+#   from the single process in the MoE phases while the expert-parallel run stays at about 1e-6;
 # - compute the **communication volume** of one MoE layer for the course's models, Mixtral-8x7B and
 #   DeepSeek-V3, set it against the layer's compute, and see why fine-grained experts make the link the
 #   bottleneck;
@@ -141,6 +141,7 @@ print(f"(activations: each GPU's share of the {SEED.train.micro_batch_size} x {S
       "batch in bf16, plus the bf16 weight copies counted whole)")
 
 assert all(per_rank[n]["ddp"] == per_rank[1]["ddp"] > DEVICE_GIB * GiB for n in per_rank)   # N changes nothing
+assert round(per_rank[1]["ddp"] / GiB) == 33                                  # the text's "33 GiB of state"
 assert per_rank[8]["fsdp"] < per_rank[8]["ep"] < per_rank[1]["ep"]
 print(f"8 GPUs: expert parallelism holds {per_rank[8]['ep'] / per_rank[8]['fsdp']:.1f}x FSDP's share")
 assert 1.5 < per_rank[8]["ep"] / per_rank[8]["fsdp"] < 2.5
