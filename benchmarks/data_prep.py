@@ -140,10 +140,15 @@ def above_baseline(row: dict) -> float:
     return row["peak_mb"] - row["baseline_mb"]
 
 
-def print_summary(results: list[dict], folder_bytes: dict[int, int]) -> None:
+def by_story_count(results: list[dict]):
+    """``(stories, cold, cached, old)`` for each story count measured, smallest first."""
     by = {(row["stories"], row["variant"]): row for row in results}
     for stories in sorted({row["stories"] for row in results}):
-        cold, cached, old = (by[(stories, variant)] for variant in VARIANTS)
+        yield (stories, *(by[(stories, variant)] for variant in VARIANTS))
+
+
+def print_summary(results: list[dict], folder_bytes: dict[int, int]) -> None:
+    for stories, cold, cached, old in by_story_count(results):
         print(f"{stories:,} stories: {cold['train_tokens']:,} training tokens "
               f"({cold['train_tokens'] / stories:.0f} per story); parquet shards "
               f"{folder_bytes[stories] / 1e6:.1f} MB; cache {cold['cache_bytes'] / 1e6:.1f} MB; "
@@ -151,8 +156,7 @@ def print_summary(results: list[dict], folder_bytes: dict[int, int]) -> None:
               f"({cold['seconds'] / cached['seconds']:.0f}x faster), old {old['seconds']:.1f} s; "
               f"old way's peak / cold's peak: {above_baseline(old) / above_baseline(cold):.1f}x; "
               f"same tokens: {old['same_tokens']}")
-    largest = max(row["stories"] for row in results)
-    cold = by[(largest, "cold")]
+    largest, cold, _, _ = list(by_story_count(results))[-1]
     tokens_per_story = cold["tokens"] / (largest * (1 + VAL_FRACTION))
     full_tokens = tokens_per_story * HUB_TRAIN_STORIES
     print(f"Extrapolated from {largest:,} stories to {HUB_TRAIN_STORIES:,} (the seed preset's whole train split): "
@@ -162,10 +166,8 @@ def print_summary(results: list[dict], folder_bytes: dict[int, int]) -> None:
 
 def missed_targets(results: list[dict]) -> list[str]:
     """The targets (see the module's docstring) that a run missed, one line each."""
-    by = {(row["stories"], row["variant"]): row for row in results}
     missed = []
-    for stories in sorted({row["stories"] for row in results}):
-        cold, cached, old = (by[(stories, variant)] for variant in VARIANTS)
+    for stories, cold, cached, old in by_story_count(results):
         if not old["same_tokens"]:
             missed.append(f"{stories:,}: the old way's tokens differ from the cached files'")
         if cold["seconds"] < TARGET_CACHED_SPEEDUP * cached["seconds"]:

@@ -502,9 +502,9 @@ for name, (spent, cost, saved) in recipes.items():
 # The small model alone stays far above the target (2.16 vs 1.75 measured): growth does the rest of the work.
 assert late_small_history.last_val_loss > target + 0.2
 # Measured 32.4% here (seed 0); over seeds 0-4 32.4-36.7%, mean 35.5%, sd 1.8 points: the bound is
-# 4 sd below the lowest seed (`benchmarks/growth_levers.py --check` asserts both bounds at each seed). The naive recipe saved 20.5% here but never
-# reached the target at seeds 1 and 4 (here it gets there at step 196 of 200); wherever both reach
-# it, the levers add 8 to 13 points.
+# 4 sd below the lowest seed (`benchmarks/growth_levers.py --check` asserts both bounds at each
+# seed). The naive recipe saved 20.5% here but never reached the target at seeds 1 and 4 (here it
+# gets there at step 196 of 200); wherever both reach it, the levers add 8 to 13 points.
 assert late_saving is not None and late_saving > 0.25, "growing later and decaying sooner should save a quarter"
 assert saving is None or late_saving > saving + 0.05
 

@@ -5,22 +5,12 @@ uncached generation writes, and the operation count is a count."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
 
+from benchmark_scripts import load_benchmark
 from moe_helpers.config import ModelConfig
 from moe_helpers.model import GPT
-
-
-def _benchmark():
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "generate.py"
-    spec = importlib.util.spec_from_file_location("generate_benchmark", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 DENSE = ModelConfig(vocab_size=64, d_model=32, n_layers=2, n_heads=4, d_ff=48, max_seq_len=16)
@@ -36,7 +26,7 @@ def _model(cfg: ModelConfig) -> GPT:
 
 
 def test_the_one_function_decoder_writes_the_same_tokens_as_generate():
-    bench = _benchmark()
+    bench = load_benchmark("generate")
     model = _model(DENSE)
     prompt = torch.randint(0, 64, (2, 5), generator=torch.Generator().manual_seed(3))
     steps = 3 * DENSE.max_seq_len                                        # well past the window
@@ -46,7 +36,7 @@ def test_the_one_function_decoder_writes_the_same_tokens_as_generate():
 
 
 def test_the_all_logits_variant_writes_what_uncached_generate_writes():
-    bench = _benchmark()
+    bench = load_benchmark("generate")
     model = _model(DENSE)
     prompt = torch.randint(0, 64, (2, 5), generator=torch.Generator().manual_seed(3))
     steps = 2 * DENSE.max_seq_len                                        # crops the context too
@@ -60,14 +50,14 @@ def test_the_all_logits_variant_writes_what_uncached_generate_writes():
 
 
 def test_the_one_function_decoder_refuses_what_it_does_not_cover():
-    bench = _benchmark()
+    bench = load_benchmark("generate")
     for cfg in (DENSE.upcycled(num_experts=4, top_k=2), DENSE.replace(n_kv_heads=2)):
         with pytest.raises(ValueError, match="dense models without grouped-query attention"):
             bench.one_function(GPT(cfg))
 
 
 def test_operations_per_cached_step_counts_the_step():
-    bench = _benchmark()
+    bench = load_benchmark("generate")
     dense, moe = _model(DENSE), _model(DENSE.upcycled(num_experts=4, top_k=2))
     prompt = torch.tensor([[1, 2, 3]])
     dense_ops, moe_ops = (bench.operations_per_cached_step(m, prompt) for m in (dense, moe))
@@ -78,7 +68,7 @@ def test_operations_per_cached_step_counts_the_step():
 
 
 def test_the_average_uncached_context_is_what_uncached_generate_re_encodes():
-    bench = _benchmark()
+    bench = load_benchmark("generate")
     model = _model(DENSE)
     prompt = torch.randint(0, 64, (1, 5), generator=torch.Generator().manual_seed(3))
     steps = 20                                                           # passes max_seq_len (16)

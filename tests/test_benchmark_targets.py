@@ -4,21 +4,9 @@ runs belong to the benchmarks' own runs, not to the tests)."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-
-
-def _benchmark(name: str):
-    spec = importlib.util.spec_from_file_location(f"{name}_benchmark", BENCHMARKS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module                  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+from benchmark_scripts import load_benchmark
 
 
 def _growth_run(saved, small_loss=2.2, target=1.75) -> dict:
@@ -26,7 +14,7 @@ def _growth_run(saved, small_loss=2.2, target=1.75) -> dict:
 
 
 def test_growth_check_passes_when_the_second_recipe_saves_enough_at_every_seed():
-    levers = _benchmark("growth_levers")
+    levers = load_benchmark("growth_levers")
     first = [_growth_run(0.205), _growth_run(None), _growth_run(0.287), _growth_run(0.237), _growth_run(None)]
     late = [_growth_run(saved) for saved in (0.324, 0.352, 0.367, 0.365, 0.352)]
     assert levers.missed_checks(first, late) == []
@@ -39,7 +27,7 @@ def test_growth_check_passes_when_the_second_recipe_saves_enough_at_every_seed()
     (_growth_run(0.50, small_loss=1.70), _growth_run(0.20), "alone"),          # growth did not do the work
 ])
 def test_growth_check_names_the_seed_that_misses(late, first, reason):
-    levers = _benchmark("growth_levers")
+    levers = load_benchmark("growth_levers")
     good = _growth_run(0.33)
     missed = levers.missed_checks([_growth_run(0.2)] * 2 + [first], [good, good, late])
     assert missed and all(line.startswith("seed 2:") for line in missed)
@@ -61,7 +49,7 @@ def _data_rows(stories=20_000, cold_s=4.8, cached_s=0.02, cold_mb=128.0, old_mb=
     ({"old_mb": 400.0}, "3.1x"),                        # 400 / 128 < 4x
 ])
 def test_data_prep_targets(change, reason):
-    missed = _benchmark("data_prep").missed_targets(_data_rows(**change) + _data_rows(stories=100_000))
+    missed = load_benchmark("data_prep").missed_targets(_data_rows(**change) + _data_rows(stories=100_000))
     if reason is None:
         assert missed == []
     else:
@@ -69,7 +57,7 @@ def test_data_prep_targets(change, reason):
 
 
 def test_moe_layer_verdict_lists_each_missed_target():
-    bench = _benchmark("moe_layer")
+    bench = load_benchmark("moe_layer")
     laptop = bench.benchmark_sizes(True)[0]
     assert bench.print_verdict([(laptop, {"moe": 1.05, "dense": 1.0, "hf-eager": 2.0}, 0.3)]) == []
     missed = bench.print_verdict([(laptop, {"moe": 1.2, "dense": 1.0, "hf-eager": 2.0, "hf-grouped_mm": 1.1}, 0.3)])
