@@ -238,11 +238,6 @@ def test_pick_device(monkeypatch):
     assert pick_device("auto") == torch.device("cuda")
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
-def test_pick_device_here_is_the_cpu():
-    assert pick_device("auto") == torch.device("cpu")
-
-
 def test_history_of_nothing():
     empty = History()
     assert (empty.last_val_loss, empty.global_steps, empty.tokens, empty.phases) == (None, 0, 0, [])
