@@ -1,28 +1,36 @@
 # Two commands do everything on a fresh clone:
-#   make run    create .venv if missing, install, run the main job (writes to runs/)
-#   make test   same bootstrap, then the unit tests and every notebook (nbmake)
-# and `make lab` opens JupyterLab on notebooks/.
+#   make run    create .venv if missing, install the tested versions, run the main job (writes to runs/)
+#   make test   same bootstrap, then every test and every notebook (nbmake)
+# and `make lab` opens JupyterLab on notebooks/. `make unit` is the fast tier (about a minute).
 
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+LOCK   := requirements-lock.txt
 RUN_DIR ?= runs/laptop-$(shell date +%Y%m%d-%H%M%S)
 
-.PHONY: run test unit notebooks lab sync colab bench clean
+# The test tiers (markers registered in pyproject.toml): `unit` runs what none of these marks.
+SLOW_KINDS := slow or multiprocess or browser or install
 
-$(STAMP): pyproject.toml
+.PHONY: run test unit tests-all notebooks lab sync colab bench lock lock-upgrade test-latest clean
+
+# The versions the course is tested with, from the lock (torch: its CPU build; tools/locked_versions.py).
+$(STAMP): pyproject.toml $(LOCK) tools/locked_versions.py
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python tools/locked_versions.py install $(LOCK)
 	@touch $(STAMP)
 
 run: $(STAMP)
 	$(BIN)/python -m moe_helpers train --preset laptop --out $(RUN_DIR)
 
-test: unit notebooks
+test: tests-all notebooks
 
+# The fast tier: no training runs, no worker processes, no browser, no installs.
 unit: $(STAMP)
+	$(BIN)/python -m pytest -p no:nbmake -m "not ($(SLOW_KINDS))" tests
+
+tests-all: $(STAMP)
 	$(BIN)/python -m pytest tests
 
 # One torch thread per notebook kernel unless OMP_NUM_THREADS says otherwise: on a 2-core machine
@@ -45,5 +53,35 @@ colab: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/moe_layer.py
 
+# Re-resolve requirements-lock.txt after changing pyproject.toml (pins that still fit are kept);
+# `make lock-upgrade` moves every package to its newest release. torch is locked to its CPU build:
+# pip must see it (here: pip's find-links; elsewhere add PyTorch's CPU index, e.g.
+# PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu make lock).
+LOCK_TORCH ?= $(shell sed -n 's/^torch==\([^+]*\).*/\1/p' $(LOCK))
+PIP_COMPILE = $(BIN)/pip-compile --quiet --extra dev --all-build-deps --allow-unsafe --strip-extras \
+	--no-emit-find-links --no-emit-index-url --output-file $(LOCK)
+lock: $(STAMP)
+	$(PIP_COMPILE) --upgrade-package "torch==$(LOCK_TORCH)" pyproject.toml
+	@grep -q '^torch==.*+cpu' $(LOCK) || { echo "$(LOCK): pip found no CPU build of torch $(LOCK_TORCH) (see the comment above \`lock\` in the Makefile)"; exit 1; }
+
+lock-upgrade: $(STAMP)
+	$(PIP_COMPILE) --upgrade --upgrade-package "torch==$(LOCK_TORCH)" pyproject.toml
+	@grep -q '^torch==.*+cpu' $(LOCK) || { echo "$(LOCK): pip found no CPU build of torch $(LOCK_TORCH)"; exit 1; }
+
+# The whole suite against the newest release of every dependency instead of the lock, in its own
+# .venv-latest: how a maintainer learns of the next upstream break before a learner does. torch
+# stays at the lock's CPU build (a new torch is a multi-GB download); LATEST_TORCH=1 lets it move too.
+LATEST := .venv-latest
+test-latest:
+	rm -rf $(LATEST) && $(PYTHON) -m venv $(LATEST)
+	$(LATEST)/bin/python -m pip install --quiet --upgrade pip
+	$(if $(LATEST_TORCH),,grep '^torch==' $(LOCK) > $(LATEST)/torch.txt)
+	$(LATEST)/bin/python -m pip install --quiet --upgrade --upgrade-strategy eager \
+		$(if $(LATEST_TORCH),,--constraint $(LATEST)/torch.txt) -e '.[test]'
+	@$(LATEST)/bin/python -m pip list --format=freeze > $(LATEST)/versions.txt
+	@echo "Newer than the lock:"; $(LATEST)/bin/python tools/locked_versions.py newer $(LOCK) $(LATEST)/versions.txt
+	@touch $(LATEST)/.installed
+	$(MAKE) --no-print-directory test VENV=$(LATEST)
+
 clean:
-	rm -rf $(VENV) .pytest_cache build *.egg-info
+	rm -rf $(VENV) $(LATEST) .pytest_cache build *.egg-info

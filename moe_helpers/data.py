@@ -241,20 +241,11 @@ def parquet_streaming_options() -> dict:
 
     By default pyarrow pre-buffers all the row groups of a shard it opens, so the
     reader's memory grows with the shard's size; without it, with the row group.
-    (``fragment_scan_options`` is passed on where ``datasets`` knows it, >= 3.x.)
     """
-    import dataclasses
+    import pyarrow.dataset
 
-    options = {"batch_size": 1000}
-    try:
-        from datasets.packaged_modules.parquet.parquet import ParquetConfig
-    except ImportError:     # moved in some version: the defaults still work
-        return options
-    if "fragment_scan_options" in {option.name for option in dataclasses.fields(ParquetConfig)}:
-        import pyarrow.dataset
-
-        options["fragment_scan_options"] = pyarrow.dataset.ParquetFragmentScanOptions(pre_buffer=False)
-    return options
+    return {"batch_size": 1000,
+            "fragment_scan_options": pyarrow.dataset.ParquetFragmentScanOptions(pre_buffer=False)}
 
 
 def _check_local_file(path: Path) -> None:
@@ -638,7 +629,7 @@ def _tokenized_chunk(stories: list[str], tokenizer: StoryTokenizer, folder: Path
     """
     import datasets
 
-    ids_feature = (getattr(datasets, "List", None) or datasets.Sequence)(datasets.Value(dtype.name))
+    ids_feature = datasets.List(datasets.Value(dtype.name))
     texts = datasets.Dataset.from_generator(
         _story_rows, gen_kwargs={"stories": stories},
         features=datasets.Features({"text": datasets.Value("string")}), cache_dir=str(folder))

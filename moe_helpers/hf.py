@@ -51,7 +51,6 @@ from .config import ModelConfig
 from .data import EOT, StoryTokenizer
 from .model import GPT
 
-MIN_TRANSFORMERS_MAJOR = 5
 
 # Names inside one block, ours -> transformers (the same for Llama and Mixtral).
 BLOCK_NAMES = {
@@ -74,18 +73,6 @@ MODEL_NAMES = {
     "norm.weight": "model.norm.weight",
     "lm_head.weight": "lm_head.weight",
 }
-
-
-def _transformers():
-    """The ``transformers`` module, after checking that it is version 5 or newer."""
-    import transformers
-
-    major = int(transformers.__version__.split(".")[0])
-    if major < MIN_TRANSFORMERS_MAJOR:
-        raise ImportError(
-            f"moe_helpers.hf needs transformers >= {MIN_TRANSFORMERS_MAJOR} (fused Mixtral experts, "
-            f"rope_parameters); this is {transformers.__version__}: pip install -U transformers")
-    return transformers
 
 
 # ------------------------------------------------------------------ refusals
@@ -134,7 +121,7 @@ def hf_config(cfg: ModelConfig):
     ``d_model / n_heads`` differs from their head width map too.  No token ids
     are set here: ``save_hf`` sets them from the tokenizer.
     """
-    transformers = _transformers()
+    import transformers
     shared = dict(
         vocab_size=cfg.vocab_size,
         hidden_size=cfg.d_model,
@@ -276,7 +263,7 @@ def to_hf(model: GPT):
     Refuses (``ValueError``) what those cannot express; see ``check_exportable``.
     ``dropout`` is ignored: it only acts while training.
     """
-    transformers = _transformers()
+    import transformers
     check_exportable(model)
     if model.cfg.dropout > 0:
         warnings.warn(f"to_hf: dropout={model.cfg.dropout} is not exported (the exported model is "
@@ -298,7 +285,7 @@ def hf_tokenizer(tokenizer: StoryTokenizer):
     """
     from tokenizers import Tokenizer
 
-    transformers = _transformers()
+    import transformers
     return transformers.PreTrainedTokenizerFast(
         tokenizer_object=Tokenizer.from_str(tokenizer.to_json()),
         bos_token=EOT, eos_token=EOT, pad_token=EOT,
@@ -351,7 +338,7 @@ def from_hf(model_or_path) -> GPT:
     ``ModelConfig`` cannot express (see ``course_config``).  The result keeps
     the weights' dtype, sits on the CPU and is in eval mode.
     """
-    transformers = _transformers()
+    import transformers
     hf_model = model_or_path
     if isinstance(model_or_path, (str, Path)):
         hf_model = transformers.AutoModelForCausalLM.from_pretrained(str(model_or_path))

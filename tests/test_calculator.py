@@ -179,6 +179,7 @@ def test_calculator_explains_an_invalid_model_and_hides_the_picture():
     assert calculator.image.layout.display is None
 
 
+@pytest.mark.slow
 def test_calculator_changed_from_two_threads_at_once_shows_the_final_state():
     calculator = ParamCalculator("laptop phase 2")
     assert calculator.wait()
@@ -201,6 +202,7 @@ def test_every_calculator_control_acts_on_release():
     calculator.wait()
 
 
+@pytest.mark.multiprocess
 def test_python_finishes_a_redraw_before_it_exits():
     """A redraw still running when Python exits is finished first (a render thread killed
     inside matplotlib's C++ code at exit can abort the process: pytest's own exit did)."""

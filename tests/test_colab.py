@@ -40,6 +40,7 @@ def test_every_notebook_has_the_badge_and_setup_cell_of_pyproject(name):
     assert in_the_notebook == setup_cell(url).removeprefix("# %%\n").rstrip("\n")   # as Colab runs it
 
 
+@pytest.mark.slow
 def test_pointing_the_badges_at_a_fork_rewrites_every_notebook(tmp_path):
     folder = tmp_path / "notebooks"
     shutil.copytree(NOTEBOOKS, folder, ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
@@ -69,6 +70,7 @@ def run_setup_cell(python: str, cwd: Path, source: str) -> subprocess.CompletedP
     return subprocess.run([python, "-c", code], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.install
 def test_the_setup_cell_installs_the_course_in_a_fresh_environment(tmp_path):
     """A fresh virtual environment (no moe_helpers, no clone next to the notebook): the cell
     installs the course from $MOE_COURSE_SOURCE and imports it.  PIP_NO_DEPS keeps the test from

@@ -151,6 +151,7 @@ def small_training():
                        log_every=5, eval_every=15, eval_batches=2, device="cpu")
 
 
+@pytest.mark.slow
 def test_compare_from_scratch_trains_every_arm_for_every_seed(tiny, small_training):
     dense = ModelConfig(vocab_size=tiny.tokenizer.vocab_size, d_model=16, n_layers=1, n_heads=2, d_ff=32,
                         max_seq_len=32)

@@ -131,6 +131,7 @@ def test_prepare_data_holds_out_the_end_of_a_local_file(tmp_path):
 
 
 # ------------------------------------------------------------ offline corpus
+@pytest.mark.slow
 def test_offline_corpus_is_the_story_grammar_with_disjoint_splits():
     train = load_stories("offline", "train", limit=2_000)
     validation = load_stories("offline", "validation", limit=200)
@@ -195,6 +196,7 @@ def hanging_server():
     return server
 
 
+@pytest.mark.slow
 def test_auto_falls_back_fast_when_the_hub_hangs(monkeypatch, capsys):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)

@@ -30,6 +30,8 @@ from moe_helpers.data import (HUB_DATASET, HUB_SHARDS, load_stories, prepare_dat
                               resolve_source, token_dtype, train_tokenizer)
 from moe_helpers.hub_fixture import write_hub_shaped_dir
 
+pytestmark = pytest.mark.slow   # each test prepares token files from a folder of 100 000 stories
+
 REPO = Path(__file__).resolve().parents[1]
 SMALL = dict(vocab_size=512, limit=3000, val_limit=200, tokenizer_limit=1000)   # a quick budget
 
@@ -177,6 +179,7 @@ def test_default_validation_budget_is_a_fraction_of_the_training_budget(own_cach
     assert data.stories["validation"] == 200
 
 
+@pytest.mark.multiprocess
 def test_several_worker_processes_give_the_same_tokens(own_cache, hub_dir):
     one = prepare_data(hub_dir, num_proc=1, verbose=False, **SMALL)
     with_two = prepare_data(hub_dir, num_proc=2, verbose=False, **{**SMALL, "limit": 2999})
@@ -366,6 +369,7 @@ PREPARE_ONCE = textwrap.dedent("""
 """)
 
 
+@pytest.mark.multiprocess
 def test_two_processes_preparing_the_same_cache_both_succeed(hub_dir, tmp_path):
     cache = tmp_path / "shared-cache"
     environment = {**os.environ, "MOE_COURSE_CACHE": str(cache), "OMP_NUM_THREADS": "1"}

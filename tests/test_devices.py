@@ -58,6 +58,7 @@ def test_the_mode_rejects_float64_like_mps():
             torch.randn(2, 2, dtype=torch.float64)
 
 
+@pytest.mark.slow
 def test_the_tiny_three_phase_run_never_touches_float64(tmp_path, capsys):
     """Build, train, upcycle, grow, check the jumps, plot and checkpoint with float64 forbidden."""
     with RejectFloat64():
@@ -68,6 +69,7 @@ def test_the_tiny_three_phase_run_never_touches_float64(tmp_path, capsys):
     assert [abs(phase["jump"]) < 1e-4 for phase in summary["phases"][1:]] == [True, True]
 
 
+@pytest.mark.slow
 def test_bf16_autocast_with_grad_accumulation_runs_the_three_phases(tmp_path, capsys):
     """bf16 on the CPU: training under autocast, master weights float32, jump checks in float32."""
     out = tmp_path / "bf16"
@@ -121,6 +123,7 @@ def saved_activation_bytes(cfg, batch_size: int, seq_len: int, precision: str) -
     return sum(size for pointer, size in saved.items() if pointer not in parameters)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("phase", [1, 2, 3])
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_activation_estimate_is_close_to_what_autograd_saves(phase, precision):

@@ -214,6 +214,7 @@ print(json.dumps({
 """
 
 
+@pytest.mark.multiprocess
 @pytest.mark.parametrize("name", ["dense_gqa_tied", "upcycled"])
 def test_saved_folder_loads_with_transformers_alone(name, story_tokenizer, tmp_path):
     cfg = TINY.replace(vocab_size=story_tokenizer.vocab_size)

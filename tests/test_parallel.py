@@ -19,6 +19,8 @@ import torch
 
 from moe_helpers.accounting import all_to_all_bytes
 
+pytestmark = pytest.mark.multiprocess   # every test here launches torchrun or spawns processes
+
 ROOT = Path(__file__).resolve().parent.parent
 WORKERS = Path(__file__).resolve().parent / "distributed"
 

@@ -48,6 +48,7 @@ def finished_run(tmp_path_factory):
     return out, result.stdout
 
 
+@pytest.mark.slow
 def test_three_banners_three_phases_and_small_jumps(finished_run):
     out, stdout = finished_run
     assert stdout.count("Total Parameters:") == 3
@@ -66,6 +67,7 @@ def test_three_banners_three_phases_and_small_jumps(finished_run):
     assert totals[0] < totals[1] < totals[2]
 
 
+@pytest.mark.slow
 def test_output_files_are_valid(finished_run):
     out, _ = finished_run
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -86,6 +88,7 @@ def test_output_files_are_valid(finished_run):
     assert not list((out / "checkpoints").glob(".*tmp*"))   # atomic writes leave no temporaries
 
 
+@pytest.mark.multiprocess
 def test_dry_run_of_seed_prints_the_original_figures_in_seconds():
     result = run_command("--preset", "seed", "--dry-run", timeout=60)
     assert result.returncode == 0, result.stderr
@@ -98,6 +101,8 @@ def test_dry_run_of_seed_prints_the_original_figures_in_seconds():
     assert "(66 experts idle)" in result.stdout
 
 
+@pytest.mark.slow
+@pytest.mark.multiprocess
 @pytest.mark.parametrize("stop_signal, exit_code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, finished_run, stop_signal, exit_code):
     """Ctrl-C, or a SIGTERM (a job scheduler's, torchrun's), ends the step, writes a checkpoint and exits."""
@@ -140,6 +145,7 @@ def test_corrupt_checkpoint_is_named_and_left_alone(tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["checkpoints", "latest.pt"]
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_with_step_and_phase_and_keeps_the_last_good_checkpoint(tmp_path, capsys):
     code = main(["train", *FAST, "--out", str(tmp_path), "--lr-phase2", "1e12"])
     assert code == 4
@@ -150,6 +156,7 @@ def test_nan_loss_stops_with_step_and_phase_and_keeps_the_last_good_checkpoint(t
     assert all(torch.isfinite(tensor).all() for tensor in state["model"].values())
 
 
+@pytest.mark.multiprocess
 @pytest.mark.parametrize("args, message", [
     (["--preset", "huge"], "invalid choice"),
     (["--data", "nowhere"], "choose auto, offline, hub, an existing file path or a hub-shaped folder"),
@@ -186,6 +193,7 @@ def _loads_with_transformers_alone(folder: Path, model, tokenizer_text: str = "O
     return hf_model
 
 
+@pytest.mark.slow
 def test_each_phase_is_saved_for_transformers(finished_run):
     out, stdout = finished_run
     architectures = {}
@@ -196,6 +204,7 @@ def test_each_phase_is_saved_for_transformers(finished_run):
     assert stdout.count("Saved for transformers:") == 3
 
 
+@pytest.mark.slow
 def test_export_command_writes_a_loadable_folder(finished_run, tmp_path, capsys):
     out, _ = finished_run
     assert main(["export", str(out), "--phase", "2", "--out", str(tmp_path / "moe")]) == 0
@@ -206,6 +215,7 @@ def test_export_command_writes_a_loadable_folder(finished_run, tmp_path, capsys)
         _checkpoint_model(out, 3).cfg.n_layers
 
 
+@pytest.mark.slow
 def test_export_explains_what_is_missing(finished_run, tmp_path, capsys):
     out, _ = finished_run
     assert main(["export", str(tmp_path), "--out", str(tmp_path / "x")]) == 2

@@ -295,6 +295,7 @@ def shows(explorer, summary) -> bool:
             and explorer.image.value == explorer_png(summary))
 
 
+@pytest.mark.slow
 def test_a_burst_of_slider_ticks_trains_at_most_two_models(tiny, monkeypatch):
     trained = []
     train = routing_explorer_module.train_explorer_model
@@ -315,6 +316,7 @@ def test_a_burst_of_slider_ticks_trains_at_most_two_models(tiny, monkeypatch):
     assert explorer.status.value.startswith("ready")
 
 
+@pytest.mark.slow
 def test_routing_explorer_changed_from_two_threads_at_once_shows_the_final_state(tiny):
     explorer = routing_explorer(num_experts=4, top_k=2, aux_loss_coef=0.01, steps=0, data=tiny)
     assert explorer.wait()

@@ -31,6 +31,7 @@ def test_same_arguments_give_the_same_stories():
     assert stories("train", 30, seed=5) != stories("train", 30, seed=6)
 
 
+@pytest.mark.slow
 def test_a_slice_built_alone_equals_the_same_slice_of_a_larger_draw(train_draw):
     assert stories("train", 25, start=1_000) == train_draw[1_000:1_025]
     assert [story_at("train", index) for index in (0, 7, 49_999)] == [train_draw[i] for i in (0, 7, 49_999)]
@@ -56,17 +57,20 @@ def test_requested_sizes_are_honoured():
         stories("test", 3)
 
 
+@pytest.mark.slow
 def test_splits_are_disjoint_by_construction(train_draw, validation_draw):
     assert {split_of(story) for story in train_draw[:5_000]} == {"train"}
     assert {split_of(story) for story in validation_draw} == {"validation"}
     assert not set(train_draw) & set(validation_draw)
 
 
+@pytest.mark.slow
 def test_no_duplicates_in_a_large_draw(train_draw):
     assert len(train_draw) == DRAW
     assert len(set(train_draw)) == DRAW
 
 
+@pytest.mark.slow
 def test_vocabulary_length_and_dialogue_are_tinystories_like(train_draw):
     stats = corpus_statistics(train_draw[:STATS_DRAW])
     assert stats["stories"] == STATS_DRAW
@@ -79,6 +83,7 @@ def test_vocabulary_length_and_dialogue_are_tinystories_like(train_draw):
     assert stats["notice"] == NOTICE and "stand-in" in NOTICE
 
 
+@pytest.mark.slow
 def test_stories_are_well_formed(train_draw):
     bad = re.compile(r"[{}]|\ban an? |\ba an? |\s{3,}| \.|\.\.|\bnone\b")
     for story in train_draw[:3_000]:
@@ -112,6 +117,7 @@ def test_the_module_says_it_is_a_stand_in():
     assert "not the real" in grammar.__doc__.lower() and "not the real dataset" in NOTICE
 
 
+@pytest.mark.slow
 def test_a_bigger_model_learns_more_from_the_offline_corpus():
     """Headroom, the fast version of ``benchmarks/offline_headroom.py``: at equal steps a model with
     3.5x the ``tiny`` model's parameters ends at least 0.15 nats lower (measured: about 0.6)."""

@@ -31,6 +31,7 @@ def test_figure_png_has_the_requested_size_and_leaves_pyplot_alone():
     assert plot_problems(png, expected_axes=1) == []
 
 
+@pytest.mark.slow
 def test_figure_png_from_four_threads_at_once_draws_what_one_thread_draws():
     charts = [[1, 2, 3], [3, 2, 1, 4], [5, 1], [2, 2, 2, 2, 2]]
     expected = [figure_png(draw_bars(heights), (4.0, 2.5)) for heights in charts]

@@ -50,6 +50,8 @@ from moe_helpers.data import prepare_data
 from moe_helpers.routing_explorer import SAMPLE_SENTENCE, explorer_png, routing_summary, routing_table_html
 from plot_pixels import plot_problems, same_pixels
 
+pytestmark = pytest.mark.browser   # JupyterLab and headless Chromium
+
 try:
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
