@@ -104,6 +104,16 @@ def hub_story_counts():
     return HUB_TRAIN_STORIES, HUB_VAL_STORIES
 
 
+# ------------------------------------------------------------ command runs
+@pytest.fixture(scope="session")
+def tiny_run() -> list[str]:
+    """Arguments of ``python -m moe_helpers train`` for a three-phase run of the ``tiny`` preset
+    in seconds (30 + 20 + 20 steps, no progress bars); the session's environment keeps it offline
+    and its caches in the session's folder. Append options to change it (the last one wins)."""
+    return ["--preset", "tiny", "--no-progress", "--steps-phase1", "30", "--steps-phase2", "20",
+            "--steps-phase3", "20"]
+
+
 # ----------------------------------------------------------------- configs
 @pytest.fixture(scope="session")
 def tiny_dense_config():

@@ -20,8 +20,8 @@ from moe_helpers.config import preset
 from moe_helpers.model import GPT
 from moe_helpers.pipeline import configure, main
 
-FAST = ["--preset", "tiny", "--no-progress", "--steps-phase1", "12", "--steps-phase2", "6",
-        "--steps-phase3", "6", "--log-every", "6"]
+# Shorter still than the tiny run: each test runs it in-process, some under a dispatch mode.
+SHORTER = ["--steps-phase1", "12", "--steps-phase2", "6", "--steps-phase3", "6", "--log-every", "6"]
 
 
 class RejectFloat64(TorchDispatchMode):
@@ -41,12 +41,6 @@ class RejectFloat64(TorchDispatchMode):
                 raise TypeError(f"{func}: float64 is not supported (as on Apple's MPS)")
 
 
-@pytest.fixture(autouse=True)
-def offline(monkeypatch, tmp_path_factory):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("MOE_COURSE_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
-
-
 def test_the_mode_rejects_float64_like_mps():
     with RejectFloat64():
         torch.ones(3) + torch.ones(3)                           # float32 is fine
@@ -59,10 +53,10 @@ def test_the_mode_rejects_float64_like_mps():
 
 
 @pytest.mark.slow
-def test_the_tiny_three_phase_run_never_touches_float64(tmp_path, capsys):
+def test_the_tiny_three_phase_run_never_touches_float64(tmp_path, tiny_run, capsys):
     """Build, train, upcycle, grow, check the jumps, plot and checkpoint with float64 forbidden."""
     with RejectFloat64():
-        code = main(["train", *FAST, "--out", str(tmp_path / "run")])
+        code = main(["train", *tiny_run, *SHORTER, "--out", str(tmp_path / "run")])
     captured = capsys.readouterr()
     assert code == 0, captured.err
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
@@ -70,10 +64,10 @@ def test_the_tiny_three_phase_run_never_touches_float64(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_bf16_autocast_with_grad_accumulation_runs_the_three_phases(tmp_path, capsys):
+def test_bf16_autocast_with_grad_accumulation_runs_the_three_phases(tmp_path, tiny_run, capsys):
     """bf16 on the CPU: training under autocast, master weights float32, jump checks in float32."""
     out = tmp_path / "bf16"
-    code = main(["train", *FAST, "--precision", "bf16", "--grad-accum", "2", "--out", str(out)])
+    code = main(["train", *tiny_run, *SHORTER, "--precision", "bf16", "--grad-accum", "2", "--out", str(out)])
     captured = capsys.readouterr()
     assert code == 0, captured.err
     assert "Memory (bf16 autocast, fp32 master weights)" in captured.out
@@ -97,8 +91,8 @@ def test_device_names_and_precisions_are_validated():
         configure("tiny", grad_accum=3)
 
 
-def test_bad_device_on_the_command_line_exits_2(tmp_path, capsys):
-    assert main(["train", *FAST, "--device", "tpu", "--out", str(tmp_path / "x")]) == 2
+def test_bad_device_on_the_command_line_exits_2(tmp_path, tiny_run, capsys):
+    assert main(["train", *tiny_run, *SHORTER, "--device", "tpu", "--out", str(tmp_path / "x")]) == 2
     assert "device must be one of auto, cpu, cuda, cuda:N, mps" in capsys.readouterr().err
 
 

@@ -223,7 +223,7 @@ def test_saved_folder_loads_with_transformers_alone(name, story_tokenizer, tmp_p
     save_hf(model, story_tokenizer, tmp_path)
     idx = _tokens(vocab_size=cfg.vocab_size)
     torch.save(idx, tmp_path / "idx.pt")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}
+    env = {**os.environ, "PYTHONPATH": ""}
     result = subprocess.run([sys.executable, "-c", LOAD_WITH_TRANSFORMERS_ONLY, str(tmp_path), json.dumps(SENTENCES)],
                             capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
     assert result.returncode == 0, result.stderr

@@ -61,23 +61,24 @@ def test_fsdp2_training_and_its_optimizer_state_equal_one_process():
 
 
 # ------------------------------------------------------- the three-phase run
-FAST = ["--preset", "tiny", "--no-progress", "--steps-phase1", "30", "--steps-phase2", "20",
-        "--steps-phase3", "20", "--log-every", "1"]
+@pytest.fixture(scope="module")
+def run_args(tiny_run) -> list[str]:
+    """The tiny three-phase run, logging every step (the records compared across process counts)."""
+    return [*tiny_run, "--log-every", "1"]
 
 
-def train_command(out: Path, processes: int, *extra: str) -> tuple[list[str], dict]:
+def train_command(run_args: list[str], out: Path, processes: int, *extra: str) -> tuple[list[str], dict]:
     """``python -m moe_helpers train`` in one process, or under torchrun in several, and its
-    environment (one torch thread a process, the hub offline)."""
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", HF_HUB_OFFLINE="1",
-               HF_DATASETS_OFFLINE="1")
+    environment (one torch thread a process; the session's keeps the hub offline)."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
     launcher = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}"]
                 if processes > 1 else [sys.executable])
-    return [*launcher, "-m", "moe_helpers", "train", *FAST, "--out", str(out), *extra], env
+    return [*launcher, "-m", "moe_helpers", "train", *run_args, "--out", str(out), *extra], env
 
 
-def train(out: Path, processes: int, *extra: str, timeout: int = 300) -> subprocess.CompletedProcess:
+def train(run_args: list[str], out: Path, processes: int, *extra: str, timeout: int = 300) -> subprocess.CompletedProcess:
     """Run ``train_command`` to its end."""
-    command, env = train_command(out, processes, *extra)
+    command, env = train_command(run_args, out, processes, *extra)
     return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 
@@ -90,12 +91,12 @@ def layout(out: Path) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory, shared_token_cache):
+def runs(tmp_path_factory, shared_token_cache, run_args):
     """The same tiny three-phase run in one process, in two (FSDP2) and in two with expert parallelism."""
     folder = tmp_path_factory.mktemp("parallel")
     finished = {}
     for name, processes, extra in ((1, 1, ()), (2, 2, ()), ("ep", 2, ("--expert-parallel",))):
-        result = train(folder / f"{name}", processes, *extra)
+        result = train(run_args, folder / f"{name}", processes, *extra)
         assert result.returncode == 0, result.stderr[-3000:]
         finished[name] = (folder / f"{name}", result.stdout)
     return finished
@@ -148,10 +149,10 @@ def _resume_from(source: Path, phase: int, target: Path) -> None:
 
 
 @pytest.mark.parametrize("started, resumed, phase", [(2, 1, 1), (1, 2, 1), ("ep", 1, 2)])
-def test_a_run_resumes_with_another_number_of_processes(runs, tmp_path, started, resumed, phase):
+def test_a_run_resumes_with_another_number_of_processes(runs, run_args, tmp_path, started, resumed, phase):
     source = runs[started][0]
     _resume_from(source, phase, tmp_path / "resumed")
-    result = train(tmp_path / "resumed", resumed, "--resume")
+    result = train(run_args, tmp_path / "resumed", resumed, "--resume")
     assert result.returncode == 0, result.stderr[-3000:]
     continued = [r for r in records(tmp_path / "resumed") if r["phase"] > phase]
     original = [r for r in records(source) if r["phase"] > phase]
@@ -160,13 +161,13 @@ def test_a_run_resumes_with_another_number_of_processes(runs, tmp_path, started,
 
 
 @pytest.mark.parametrize("how", ["Ctrl-C", "SIGTERM to torchrun"])
-def test_a_stopped_run_writes_a_checkpoint_on_every_rank_and_resumes(runs, tmp_path, how):
+def test_a_stopped_run_writes_a_checkpoint_on_every_rank_and_resumes(runs, run_args, tmp_path, how):
     """Ctrl-C in a terminal signals torchrun and its workers (one process group); a job scheduler, or
     ``kill``, signals torchrun, which sends SIGTERM to its workers.  Either way the ranks finish the
     step together, write one checkpoint and exit; ``--resume`` then ends where the run that was never
     stopped ended."""
     out = tmp_path / "stopped"
-    command, env = train_command(out, 2)
+    command, env = train_command(run_args, out, 2)
     process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                text=True, start_new_session=True)       # its own group, as in a terminal
     seen = []
@@ -189,23 +190,23 @@ def test_a_stopped_run_writes_a_checkpoint_on_every_rank_and_resumes(runs, tmp_p
     state = torch.load(out / "checkpoints" / "latest.pt", weights_only=True)
     assert state["phase"] == 2 and not state["completed"] and state["train_state"]["step"] >= 10
 
-    resumed = train(out, 2, "--resume")
+    resumed = train(run_args, out, 2, "--resume")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     final, never_stopped = (json.loads((folder / "summary.json").read_text())["phases"][-1]["final_val_loss"]
                             for folder in (out, runs[2][0]))
     assert abs(final - never_stopped) <= 1e-6, (final, never_stopped)
 
 
-def test_a_batch_that_does_not_split_over_the_ranks_is_refused(tmp_path):
-    result = train(tmp_path / "odd", 2, "--grad-accum", "8")        # micro-batches of 1 sequence, 2 ranks
+def test_a_batch_that_does_not_split_over_the_ranks_is_refused(tmp_path, run_args):
+    result = train(run_args, tmp_path / "odd", 2, "--grad-accum", "8")        # micro-batches of 1 sequence, 2 ranks
     assert result.returncode != 0
     assert "micro-batch of 1 sequences does not split over 2 ranks" in result.stderr
 
 
-def test_expert_parallel_needs_processes_and_experts_that_divide(tmp_path):
-    alone = train(tmp_path / "alone", 1, "--expert-parallel")
+def test_expert_parallel_needs_processes_and_experts_that_divide(tmp_path, run_args):
+    alone = train(run_args, tmp_path / "alone", 1, "--expert-parallel")
     assert alone.returncode == 2 and "--expert-parallel needs several processes" in alone.stderr
-    three = train(tmp_path / "three", 3, "--expert-parallel")                # the tiny preset has 4 experts
+    three = train(run_args, tmp_path / "three", 3, "--expert-parallel")                # the tiny preset has 4 experts
     assert three.returncode != 0
     assert "num_experts (4) must be divisible by the number of ranks (3)" in three.stderr
 

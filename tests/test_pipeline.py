@@ -14,17 +14,6 @@ import torch
 from moe_helpers.pipeline import main
 
 ROOT = Path(__file__).resolve().parent.parent
-FAST = ["--preset", "tiny", "--no-progress", "--steps-phase1", "30", "--steps-phase2", "20",
-        "--steps-phase3", "20"]
-
-
-@pytest.fixture(autouse=True)
-def offline(monkeypatch, tmp_path_factory):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    monkeypatch.setenv("MOE_COURSE_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
-
-
 def command(*args) -> list[str]:
     return [sys.executable, "-u", "-m", "moe_helpers", "train", *args]
 
@@ -39,11 +28,10 @@ def final_val_loss(out: Path) -> float:
 
 
 @pytest.fixture(scope="module")
-def finished_run(tmp_path_factory):
+def finished_run(tmp_path_factory, tiny_run):
     out = tmp_path_factory.mktemp("run") / "tiny"
-    env = dict(os.environ, HF_HUB_OFFLINE="1", MOE_COURSE_CACHE=str(tmp_path_factory.getbasetemp() / "cache"))
-    result = subprocess.run(command(*FAST, "--out", str(out)), cwd=ROOT, capture_output=True, text=True,
-                            timeout=600, env=env)
+    result = subprocess.run(command(*tiny_run, "--out", str(out)), cwd=ROOT, capture_output=True, text=True,
+                            timeout=600)
     assert result.returncode == 0, result.stderr
     return out, result.stdout
 
@@ -104,11 +92,11 @@ def test_dry_run_of_seed_prints_the_original_figures_in_seconds():
 @pytest.mark.slow
 @pytest.mark.multiprocess
 @pytest.mark.parametrize("stop_signal, exit_code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
-def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, finished_run, stop_signal, exit_code):
+def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, tiny_run, finished_run, stop_signal, exit_code):
     """Ctrl-C, or a SIGTERM (a job scheduler's, torchrun's), ends the step, writes a checkpoint and exits."""
     reference, _ = finished_run
     out = tmp_path / "interrupted"
-    process = subprocess.Popen(command(*FAST, "--out", str(out)), cwd=ROOT, stdout=subprocess.PIPE,
+    process = subprocess.Popen(command(*tiny_run, "--out", str(out)), cwd=ROOT, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True, env=os.environ.copy())
     seen = []
     for line in process.stdout:             # interrupt in the middle of phase 2
@@ -122,32 +110,32 @@ def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, finished_run, s
     state = torch.load(out / "checkpoints" / "latest.pt", weights_only=True)
     assert state["phase"] == 2 and not state["completed"]
 
-    resumed = run_command(*FAST, "--out", str(out), "--resume")
+    resumed = run_command(*tiny_run, "--out", str(out), "--resume")
     assert resumed.returncode == 0, resumed.stderr
     assert "Resuming from" in resumed.stdout
     assert abs(final_val_loss(out) - final_val_loss(reference)) < 1e-6
 
 
-def test_existing_out_is_refused(tmp_path, capsys):
+def test_existing_out_is_refused(tmp_path, tiny_run, capsys):
     (tmp_path / "notes.txt").write_text("keep me")
-    assert main(["train", *FAST, "--out", str(tmp_path)]) == 2
+    assert main(["train", *tiny_run, "--out", str(tmp_path)]) == 2
     assert "already exists" in capsys.readouterr().err
     assert (tmp_path / "notes.txt").read_text() == "keep me"
 
 
-def test_corrupt_checkpoint_is_named_and_left_alone(tmp_path, capsys):
+def test_corrupt_checkpoint_is_named_and_left_alone(tmp_path, tiny_run, capsys):
     checkpoint = tmp_path / "checkpoints" / "latest.pt"
     checkpoint.parent.mkdir(parents=True)
     checkpoint.write_bytes(b"not a checkpoint")
-    assert main(["train", *FAST, "--out", str(tmp_path), "--resume"]) == 2
+    assert main(["train", *tiny_run, "--out", str(tmp_path), "--resume"]) == 2
     assert str(checkpoint) in capsys.readouterr().err
     assert checkpoint.read_bytes() == b"not a checkpoint"
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["checkpoints", "latest.pt"]
 
 
 @pytest.mark.slow
-def test_nan_loss_stops_with_step_and_phase_and_keeps_the_last_good_checkpoint(tmp_path, capsys):
-    code = main(["train", *FAST, "--out", str(tmp_path), "--lr-phase2", "1e12"])
+def test_nan_loss_stops_with_step_and_phase_and_keeps_the_last_good_checkpoint(tmp_path, tiny_run, capsys):
+    code = main(["train", *tiny_run, "--out", str(tmp_path), "--lr-phase2", "1e12"])
     assert code == 4
     err = capsys.readouterr().err
     assert re.search(r"at step \d+ of phase 2", err)
@@ -163,8 +151,8 @@ def test_nan_loss_stops_with_step_and_phase_and_keeps_the_last_good_checkpoint(t
     (["--experts", "2", "--top-k", "3"], "top_k must be an integer in 1..num_experts"),
     (["--width-factor", "0"], "factor must be an integer >= 1"),
 ])
-def test_bad_options_are_explained(tmp_path, args, message):
-    result = run_command(*FAST, "--out", str(tmp_path / "out"), *args, timeout=60)
+def test_bad_options_are_explained(tmp_path, tiny_run, args, message):
+    result = run_command(*tiny_run, "--out", str(tmp_path / "out"), *args, timeout=60)
     assert result.returncode == 2
     assert message in result.stderr
 
