@@ -71,7 +71,9 @@ lock-upgrade: $(STAMP)
 # The whole suite against the newest release of every dependency instead of the lock, in its own
 # .venv-latest: how a maintainer learns of the next upstream break before a learner does. torch
 # stays at the lock's CPU build (a new torch is a multi-GB download); LATEST_TORCH=1 lets it move too.
+# TIER=unit runs the fast tier only.
 LATEST := .venv-latest
+TIER   ?= test
 test-latest:
 	rm -rf $(LATEST) && $(PYTHON) -m venv $(LATEST)
 	$(LATEST)/bin/python -m pip install --quiet --upgrade pip
@@ -81,7 +83,7 @@ test-latest:
 	@$(LATEST)/bin/python -m pip list --format=freeze > $(LATEST)/versions.txt
 	@echo "Newer than the lock:"; $(LATEST)/bin/python tools/locked_versions.py newer $(LOCK) $(LATEST)/versions.txt
 	@touch $(LATEST)/.installed
-	$(MAKE) --no-print-directory test VENV=$(LATEST)
+	$(MAKE) --no-print-directory $(TIER) VENV=$(LATEST)
 
 clean:
 	rm -rf $(VENV) $(LATEST) .pytest_cache build *.egg-info
