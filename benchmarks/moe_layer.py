@@ -9,7 +9,7 @@ inside every repeat, so a busy machine slows them all alike), it times:
               token: hidden size ``top_k * d_ff`` (what the MoE costs at best);
 * ``naive``   a per-expert loop with boolean masks: every expert computes on the
               tokens whose top k contains it (the first version most people write);
-* ``hf-...``  when ``transformers`` is installed (``pip install -e '.[bench]'``), its
+* ``hf-...``  ``transformers``' (a dependency of the course)
               ``MixtralSparseMoeBlock`` holding the same weights: what a
               practitioner would otherwise use.  Recent versions choose an experts
               implementation (``eager`` loop or ``grouped_mm``); each available one
@@ -103,17 +103,14 @@ def dense_active_ffn(size: Size) -> FeedForward:
 def transformers_blocks(layer: MoELayer) -> tuple[dict[str, nn.Module], str]:
     """``MixtralSparseMoeBlock``s holding ``layer``'s weights, one per experts implementation.
 
-    Returns ``({label: block}, description of the weight layout)``; empty when
-    ``transformers`` is not installed.  Older versions keep one module per
-    expert (``w1``, ``w2``, ``w3``); newer ones fuse them into 3-D tensors
-    ``gate_up_proj`` (E, 2 d_ff, d) = [w1; w3] and ``down_proj`` (E, d, d_ff) = w2.
+    Returns ``({label: block}, description of the weight layout)``. transformers 5
+    fuses the experts into 3-D tensors ``gate_up_proj`` (E, 2 d_ff, d) = [w1; w3]
+    and ``down_proj`` (E, d, d_ff) = w2.
     """
-    try:
-        import transformers
-        from transformers import MixtralConfig
-        from transformers.models.mixtral.modeling_mixtral import MixtralSparseMoeBlock
-    except ImportError:
-        return {}, "transformers not installed (pip install -e '.[bench]')"
+    import transformers
+    from transformers import MixtralConfig
+    from transformers.models.mixtral.modeling_mixtral import MixtralSparseMoeBlock
+
     d_model, d_ff = layer.router.in_features, layer.experts[0].w1.out_features
     config_args = dict(hidden_size=d_model, intermediate_size=d_ff, num_local_experts=layer.num_experts,
                        num_experts_per_tok=layer.top_k, router_jitter_noise=0.0)
@@ -135,15 +132,10 @@ def copy_weights_into_mixtral(layer: MoELayer, block: nn.Module) -> str:
     """Copy router and expert weights of ``layer`` into a ``MixtralSparseMoeBlock``; return the layout."""
     block.gate.weight.copy_(layer.router.weight)                               # (E, d)
     experts = block.experts
-    if hasattr(experts, "gate_up_proj"):
-        for index, expert in enumerate(layer.experts):
-            experts.gate_up_proj[index].copy_(torch.cat([expert.w1.weight, expert.w3.weight]))  # (2 d_ff, d)
-            experts.down_proj[index].copy_(expert.w2.weight)                                   # (d, d_ff)
-        return "fused expert tensors gate_up_proj / down_proj"
-    for mixtral_expert, expert in zip(experts, layer.experts):
-        for name in ("w1", "w2", "w3"):
-            getattr(mixtral_expert, name).weight.copy_(getattr(expert, name).weight)
-    return "one module per expert with w1 / w2 / w3"
+    for index, expert in enumerate(layer.experts):
+        experts.gate_up_proj[index].copy_(torch.cat([expert.w1.weight, expert.w3.weight]))  # (2 d_ff, d)
+        experts.down_proj[index].copy_(expert.w2.weight)                                   # (d, d_ff)
+    return "fused expert tensors gate_up_proj / down_proj"
 
 
 def as_tensor(output) -> torch.Tensor:

@@ -38,6 +38,16 @@ def test_pair_is_in_sync(path):
     assert len(notebook.cells) == len(script.cells), f"run `make sync`: {pair.name} and {path.name} differ in length"
 
 
+def test_a_version_stamp_in_the_header_changes_no_cell(tmp_path):
+    """What a jupytext release changes (its version in the header) leaves the compared cells alone."""
+    pair = NOTEBOOKS[0].with_suffix(".py")
+    stamped = tmp_path / pair.name
+    stamped.write_text(pair.read_text().replace("#     text_representation:\n",
+                                                "#     text_representation:\n#       jupytext_version: 9.9.9\n", 1))
+    assert "jupytext_version: 9.9.9" in stamped.read_text()
+    assert cells(jupytext.read(stamped)) == cells(jupytext.read(pair)) == cells(jupytext.read(NOTEBOOKS[0]))
+
+
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_pair_carries_no_tool_version(path):
     """jupytext.toml's metadata filter keeps jupytext's version out of the scripts: a release
