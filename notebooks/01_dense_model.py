@@ -203,7 +203,14 @@ print(f"on the stories, one token covers {chars_per_token:.2f} characters on ave
 # hand, and then check it against the module the rest of the course imports
 # (`moe_helpers.layers`, `moe_helpers.model`). The attribute names match those modules, so the
 # weights of one can be loaded into the other.
-#
+
+# %%
+from moe_helpers import figures
+
+figures.decoder_block()   # the block this section builds, piece by piece
+
+
+# %% [markdown]
 # ### 3.1 RMSNorm
 #
 # Root-mean-square normalisation (Zhang & Sennrich 2019, eq. 4) rescales each vector to unit RMS
@@ -335,6 +342,10 @@ show_match((cos, sin, my_apply_rope(x, cos, sin)), (their_cos, their_sin, layers
 # and `n_kv_heads = 2`, query heads 0 and 1 read key/value head 0, heads 2 and 3 read head 1.
 # It shrinks the key/value cache at generation time; with `n_kv_heads = n_heads` it is ordinary
 # multi-head attention.
+
+# %%
+figures.grouped_query_attention(n_heads=4, n_kv_heads=2)   # the example below: 4 query heads share 2 key/value heads
+
 
 # %%
 def causal_attention_weights(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:

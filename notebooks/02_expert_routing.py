@@ -136,6 +136,12 @@ print(f"one token uses:     {used_per_token:6,} parameters = top-{TOP_K} experts
 # Four lines of code, one per symbol:
 
 # %%
+from moe_helpers import figures
+
+figures.routing_and_dispatch(num_experts=4, top_k=2)   # what the next cells compute on a real sentence
+
+
+# %%
 torch.manual_seed(0)
 token_ids = torch.tensor(tokenizer.encode(SENTENCE))                        # (T,)
 embedding = torch.nn.Embedding(tokenizer.vocab_size, D_MODEL)
@@ -543,8 +549,14 @@ print("share of its tokens on the busiest expert:", {name: round(share, 2) for n
 # On accelerators every expert gets a fixed-size buffer of
 # `capacity = ceil(capacity_factor · N · k / E)` slots (GShard, Lepikhin et al. 2020; Switch uses
 # a factor of 1.0 to 1.25).  Slots beyond an expert's capacity are **dropped**: they contribute
-# zero, and only the residual connection carries those tokens on.  Which slots go first is a choice:
-# as in GShard, `MoELayer` fills each expert's buffer with every token's *first* choice (in token
+# zero, and only the residual connection carries those tokens on.
+
+# %%
+figures.capacity_and_dropping(num_experts=4, capacity=3)   # fixed buffers drop what overflows; dropless dispatch keeps every slot
+
+
+# %% [markdown]
+# Which slots go first is a choice: as in GShard, `MoELayer` fills each expert's buffer with every token's *first* choice (in token
 # order) before any second choice, so a token loses its less important expert first.  `MoELayer`
 # counts the dropped slots in the routing record it returns (`routing.dropped_fraction`).  First the
 # count by hand for one batch (top-1 here, so every slot is a first choice):

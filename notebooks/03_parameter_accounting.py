@@ -201,6 +201,12 @@ show_match((counts.total, counts.active, counts.inactive, counts.experts_idle, c
 # unchanged once $B$ and the always-active parts are counted right:
 
 # %%
+from moe_helpers import figures
+
+figures.shared_and_routed_experts(num_shared=1, num_routed=8, top_k=2)   # every token passes the shared expert, and 2 of the 8 routed ones
+
+
+# %%
 deepseek_style = laptop_moe.replace(num_shared_experts=1, shared_d_ff=192, first_k_dense=1, dense_d_ff=768)
 deepseek_counts = count_parameters(GPT(deepseek_style))
 moe_blocks = deepseek_style.n_layers - deepseek_style.first_k_dense

@@ -120,6 +120,12 @@ print(f"dense validation loss: {dense_start_loss:.3f} at step 0 -> {dense_histor
 # Here is that recipe for one layer, checked on the real hidden states that enter block 0's FFN.
 
 # %%
+from moe_helpers import figures
+
+figures.upcycling(num_experts=4)   # one trained FFN copied into every expert, a new router in front
+
+
+# %%
 from moe_helpers.checks import show_match
 from moe_helpers.moe import MoELayer
 
