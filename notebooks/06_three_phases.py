@@ -159,13 +159,9 @@ def relative_difference(ours: int, note_millions: float) -> float:
     return abs(ours / 1e6 - note_millions) / note_millions
 
 
-for phase in (1, 2):   # phases 1 and 2 reproduce the note to within 0.05 %
-    for field in ("total", "active", "inactive"):
-        if NOTE_BANNERS[phase][field]:
-            assert relative_difference(getattr(seed_counts[phase - 1], field), NOTE_BANNERS[phase][field]) < 5e-4
-for phase, counts in enumerate(seed_counts, start=1):
-    assert counts.experts_idle == NOTE_BANNERS[phase]["idle"]
-print("phases 1 and 2 match the note to within 0.05 %; the idle-expert counts match in all three phases")
+largest_banner_gap = max(relative_difference(getattr(seed_counts[phase - 1], field), NOTE_BANNERS[phase][field])
+                         for phase in (1, 2) for field in ("total", "active", "inactive") if NOTE_BANNERS[phase][field])
+print(f"phases 1 and 2: at most {largest_banner_gap:.3%} away from the note's banners")
 
 # %% [markdown]
 # **Phase 3 does not match, and cannot.** Our phase-3 model is what `grow` makes of the phase-2 model:
@@ -182,16 +178,15 @@ ours_ratio = (seed_counts[2].inactive / seed_counts[2].experts_idle) / (seed_cou
 print(f"note: one expert holds {note_expert_phase2:.3f} M in phase 2 and {note_expert_phase3:.3f} M in phase 3: "
       f"x{note_ratio:.3f}  (width x{note_ratio ** 0.5:.3f})")
 print(f"ours: x{ours_ratio:.3f}  (width x{preset('seed').width_factor})")
-assert ours_ratio == preset("seed").width_factor ** 2
-assert all(abs(note_ratio - n ** 2) > 0.1 for n in range(1, 4)), "the note's phase 3 would be an integer width growth"
 
 from moe_helpers.accounting import count_from_config
 
 seed_moe = preset("seed").phase_configs()[1]
+grown_totals = {}                                     # width factor -> parameters of phase 2 grown that wide
 for n in (1, 2, 3):
-    total = count_from_config(seed_moe.widened(n).deepened(preset("seed").new_layers)).total
-    print(f"phase 2 grown to width x{n} and 11 blocks: {total / 1e6:8.2f} M   (the note: {NOTE_BANNERS[3]['total']:.2f} M)")
-    assert relative_difference(total, NOTE_BANNERS[3]["total"]) > 0.1
+    grown_totals[n] = count_from_config(seed_moe.widened(n).deepened(preset("seed").new_layers)).total
+    print(f"phase 2 grown to width x{n} and 11 blocks: {grown_totals[n] / 1e6:8.2f} M   "
+          f"(the note: {NOTE_BANNERS[3]['total']:.2f} M)")
 
 # %% [markdown]
 # The note's phase-3 experts are about 2.5 times its phase-2 experts: a width factor of about 1.58,
@@ -257,7 +252,6 @@ history = History([json.loads(line) for line in (OUT / "metrics.jsonl").read_tex
 phases = {entry["phase"]: entry for entry in summary["phases"]}
 print(f"data: {summary['data']}, device: {summary['device']}, {len(history.records)} log records, "
       f"phases {history.phases}")
-assert summary["ok"] and history.phases == [1, 2, 3]
 
 jumps = {phase: entry["jump"] for phase, entry in phases.items() if entry["jump"] is not None}
 ax = plot_phases(history, jumps)
@@ -265,8 +259,8 @@ plt.show()
 
 # %% [markdown]
 # *What to notice:* at each dashed boundary the curve continues where it stopped: the jump written
-# there is a millionth of a nat or less, while the loss falls by whole nats within phase 1. Growing the
-# model changed its size, not what it computes.
+# there is a hundred-thousandth of a nat or less, while the loss falls by whole nats within phase 1.
+# Growing the model changed its size, not what it computes.
 #
 # The note's check, for both transitions: the validation loss right after the change minus right
 # before, on the same fixed held-out batches, must be below 0.001. The course asks more: the loss may
@@ -277,9 +271,7 @@ for phase in (2, 3):
     entry = phases[phase]
     print(f"Phase {phase - 1}→{phase}: loss {entry['loss_before']:.6f} → {entry['loss_after']:.6f}, "
           f"jump {entry['jump']:+.2e}, max |Δlogits| {entry['max_abs_logit_diff']:.1e}")
-    assert abs(entry["jump"]) < JUMP_TOLERANCE, f"phase {phase}: the growth step changed the function"
-    assert abs(entry["jump"]) < 1e-5 and entry["max_abs_logit_diff"] < 1e-4     # what the course asks
-print(f"✓ both jumps < {JUMP_TOLERANCE}: upcycling and bilateral growth preserved the function")
+print(f"the note's tolerance: |jump| < {JUMP_TOLERANCE}; the course's: |jump| < 1e-5, max |Δlogits| < 1e-4")
 
 # %% [markdown]
 # The phases side by side (`tokens/s` counts the training tokens over the phase's whole wall time,
@@ -293,14 +285,6 @@ for phase, entry in phases.items():
     print(f"{entry['title']:<42}{entry['total_params'] / 1e6:8.2f}M{entry['active_params'] / 1e6:8.2f}M"
           f"{entry['steps']:7d}{entry['final_train_loss']:8.3f}{entry['final_val_loss']:8.3f}{jump:>11}"
           f"{entry['tokens_per_second']:10.0f}{entry['wall_seconds']:6.0f}s")
-
-for phase in (1, 2, 3):
-    start_val = history.evaluated(phase)[0]["val_loss"]
-    assert phases[phase]["final_val_loss"] < start_val, f"phase {phase} did not lower the validation loss"
-assert history.evaluated(1)[0]["val_loss"] - phases[1]["final_val_loss"] > 1.0   # whole nats in phase 1
-assert phases[1]["total_params"] < phases[2]["total_params"] < phases[3]["total_params"]
-if summary["device"] == "cpu":                     # on a CPU the arithmetic sets the pace
-    assert phases[1]["tokens_per_second"] > phases[2]["tokens_per_second"] > phases[3]["tokens_per_second"]
 
 # %% [markdown]
 # Every phase lowered the validation loss from where the previous one left it. The MoE phases process
@@ -330,10 +314,8 @@ plt.show()
 
 for moment, record in moments.items():
     loads = torch.tensor(record["expert_load"])                              # (layers, experts)
-    assert torch.allclose(loads.sum(dim=1), torch.ones(len(loads)), atol=1e-5)
     print(f"{moment:22}: {len(loads)} MoE layers, busiest expert {100 * loads.max():.0f} %, "
           f"quietest {100 * loads.min():.0f} % (uniform {100 / loads.shape[1]:.0f} %)")
-    assert 0.6 / loads.shape[1] < loads.min() and loads.max() < 1.5 / loads.shape[1]   # near uniform: 22-29%
 
 # %% [markdown]
 # Which phase-3 block came from which phase-2 block? `insertion_plan` says: each new block sits right
@@ -367,18 +349,19 @@ plot_expert_utilisation(before, ax=axes[0], title="One validation batch, end of 
 plot_expert_utilisation(after, ax=axes[1], title="The same batch, phase 3 right after growth")
 fig.tight_layout()
 plt.show()
+old_block_changes = {}                               # phase-3 block -> largest change, for the old blocks
 for block, source in enumerate(plan):
     is_new = block > 0 and plan[block - 1] == source
     change = (after[block] - before[source]).abs().max().item()
     print(f"phase-3 block {block} ← phase-2 block {source} ({'new copy' if is_new else 'the old block'}): "
           f"largest change of an expert's share {change:.4f}")
     if not is_new:
-        assert change < 1e-3, f"block {block} routes differently right after growth"
+        old_block_changes[block] = change
 
 # %% [markdown]
 # *What to notice:* right after growth the old blocks' heatmap rows are those of phase 2, row for row
-# (the largest change is zero here; the check allows a few token slots in the batch's 4,096); the
-# new blocks differ. In every panel the shares stay close to the uniform 1/E (white): the
+# (their largest change is zero, or at most a few token slots of the batch's 4,096); the new blocks
+# differ. In every panel the shares stay close to the uniform 1/E (white): the
 # load-balancing loss keeps every expert in use (red is an overloaded expert, blue a starved one).
 
 # %% [markdown]
@@ -389,10 +372,9 @@ for block, source in enumerate(plan):
 # longer phases (`SCALE_UP`) write whole sentences.
 
 # %%
-for phase in (1, 2, 3):
-    story = (OUT / f"story_phase{phase}.txt").read_text().strip()
+stories = {phase: (OUT / f"story_phase{phase}.txt").read_text().strip() for phase in (1, 2, 3)}
+for phase, story in stories.items():
     print(f"── after {phases[phase]['title']} ──\n{story}\n")
-    assert story.startswith("Once upon a time") and len(story) > len("Once upon a time") + 20
 
 # %% [markdown]
 # ## 7. Checkpoints and `--resume`
@@ -413,7 +395,6 @@ grown.load_state_dict(checkpoint["model"])
 grown_counts = count_parameters(grown)
 print(f"checkpoint: phase {checkpoint['phase']}, completed {checkpoint['completed']}, "
       f"{grown.cfg.n_layers} blocks of width {grown.cfg.d_model}, {grown_counts.total / 1e6:.2f} M parameters")
-assert grown_counts.total == phases[3]["total_params"] and grown.cfg == LAPTOP.phase_configs()[2]
 
 # %% [markdown]
 # A folder that already holds a run is never overwritten; `resume=True` (`--resume` on the command
@@ -424,16 +405,15 @@ assert grown_counts.total == phases[3]["total_params"] and grown.cfg == LAPTOP.p
 # %%
 from moe_helpers.pipeline import RunError
 
+refusal = None
 try:
     run_pipeline("laptop", "auto", out=OUT, progress=False, **RUN_STEPS)
 except RunError as error:
+    refusal = error
     print("refused:", error)
-else:
-    raise AssertionError("an existing run folder was overwritten")
 
 resumed = run_pipeline("laptop", "auto", out=OUT, resume=True, progress=False, **RUN_STEPS)
-assert resumed == summary
-print("✓ resuming the finished run trained nothing and gave back the same summary")
+print("resuming the finished run gave back the same summary:", resumed == summary)
 
 # %% [markdown]
 # ## 8. Run it at the `seed` scale on a GPU
@@ -474,14 +454,15 @@ ASSUMED_TFLOPS = 100
 
 print(f"{'phase':<8}{'params':>10}{'float32 + AdamW':>18}{'bfloat16 + AdamW':>18}"
       f"{'train GFLOP/tok':>17}{'minutes':>9}")
+seed_state = {}                                      # phase -> (bytes of float32 training state, parameters)
 for phase, cfg in enumerate(SEED.phase_configs(), start=1):
     full, half = memory_bytes(cfg, torch.float32), memory_bytes(cfg, torch.bfloat16)
     flops = flops_per_token(cfg, SEED.train.seq_len)
     minutes = flops.training * SEED_TOKENS_PER_STEP * SEED.train.steps(phase) / (ASSUMED_TFLOPS * 1e12) / 60
     total = count_from_config(cfg).total
+    seed_state[phase] = full.total, total             # 4 bytes of weights + 4 of gradients + 8 of AdamW moments
     print(f"phase {phase} {total / 1e6:9.1f}M{full.total / 2**30:15.1f} GiB{half.total / 2**30:15.1f} GiB"
           f"{flops.training / 1e9:17.2f}{minutes:9.1f}")
-    assert full.total == 16 * total   # 4 bytes of weights + 4 of gradients + 8 of AdamW moments per parameter
 print("(weights, gradients and optimiser state only; activations come on top)")
 
 # %% [markdown]
@@ -551,3 +532,79 @@ def expert_load_share(top_k_experts, num_experts):
 
 # %%
 check("expert_load_share", expert_load_share)
+
+
+# %% [markdown]
+# ## Further reading
+#
+# - [Sparse upcycling](https://arxiv.org/abs/2212.05055) (Komatsuzaki et al. 2023): the dense → MoE
+#   transition of phase 2, and how upcycled models compare with dense ones trained on.
+# - [Net2Net](https://arxiv.org/abs/1511.05641) and [bert2BERT](https://arxiv.org/abs/2110.07143):
+#   function-preserving width growth, the phase 2 → 3 transition.
+# - [LLaMA Pro](https://arxiv.org/abs/2401.02415) (Wu et al. 2024): new blocks that start as the
+#   identity, as phase 3's do.
+# - [Switch Transformer](https://arxiv.org/abs/2101.03961) (Fedus et al. 2021): the load-balancing
+#   loss that keeps the heatmaps of section 5 near uniform.
+# - [Mixtral of Experts](https://arxiv.org/abs/2401.04088) (Jiang et al. 2024): a published MoE with
+#   the layout of the `seed` preset's phases 2 and 3 (8 experts, top-2).
+# - [TinyStories](https://arxiv.org/abs/2305.07759) (Eldan and Li 2023): the corpus, and why small
+#   models can write coherent stories.
+# - [ZeRO](https://arxiv.org/abs/1910.02054) (Rajbhandari et al. 2020): where a training run's memory
+#   goes (weights, gradients, optimiser state), the accounting behind section 8's table.
+
+# %% [markdown]
+# ## Checks — the claims above, verified
+#
+# These cells check every claim the lesson makes, on the numbers it computed above; `make test`
+# runs them with the rest of the notebook.
+
+# %%
+# 2. the note's banners
+assert largest_banner_gap < 5e-4, f"phases 1 and 2 are {largest_banner_gap:.3%} away from the note"
+for phase, counts in enumerate(seed_counts, start=1):
+    assert counts.experts_idle == NOTE_BANNERS[phase]["idle"], f"phase {phase}: idle experts differ from the note"
+assert round(seed_counts[2].total / 1e6, 2) == 2239.90, f"phase 3 has {seed_counts[2].total / 1e6:.2f} M parameters"
+assert ours_ratio == preset("seed").width_factor ** 2, "growth by an integer width n should multiply an expert by n²"
+assert all(abs(note_ratio - n ** 2) > 0.1 for n in range(1, 4)), "the note's phase 3 would be an integer width growth"
+assert abs(note_ratio ** 0.5 - 1.58) < 0.01, f"the note's phase 3 grows the width {note_ratio ** 0.5:.3f}x"
+assert all(relative_difference(total, NOTE_BANNERS[3]["total"]) > 0.1 for total in grown_totals.values()), \
+    "an integer width growth should not give the note's phase 3"
+# 3, 4. the run: three phases, no jump, every phase learns
+assert summary["ok"] and history.phases == [1, 2, 3], "the run did not finish its three phases"
+for phase in (2, 3):
+    jump, logit_gap = phases[phase]["jump"], phases[phase]["max_abs_logit_diff"]
+    assert abs(jump) < JUMP_TOLERANCE, f"phase {phase}: the transition moved the loss by {jump:.1e} (the note's test)"
+    assert abs(jump) < 1e-5, f"phase {phase}: the transition moved the loss by {jump:.1e}"
+    assert logit_gap < 1e-4, f"phase {phase}: the transition moved the logits by {logit_gap:.1e}"
+for phase in (1, 2, 3):
+    start_val = history.evaluated(phase)[0]["val_loss"]
+    assert phases[phase]["final_val_loss"] < start_val, f"phase {phase} did not lower the validation loss"
+phase1_drop = history.evaluated(1)[0]["val_loss"] - phases[1]["final_val_loss"]
+assert phase1_drop > 1.0, f"phase 1 lowered the loss by {phase1_drop:.2f} nats only"
+assert phases[1]["total_params"] < phases[2]["total_params"] < phases[3]["total_params"], "the model should grow"
+if summary["device"] == "cpu":                     # on a CPU the arithmetic sets the pace
+    speeds = [phases[phase]["tokens_per_second"] for phase in (1, 2, 3)]
+    assert speeds[0] > speeds[1] > speeds[2], f"tokens/s per phase {speeds}: the MoE phases should be slower"
+
+# %%
+# 5. expert utilisation
+for moment, record in moments.items():
+    loads = torch.tensor(record["expert_load"])                              # (layers, experts)
+    assert torch.allclose(loads.sum(dim=1), torch.ones(len(loads)), atol=1e-5), f"{moment}: shares do not sum to 1"
+    uniform = 1 / loads.shape[1]
+    assert 0.6 * uniform < loads.min() and loads.max() < 1.5 * uniform, f"{moment}: the load is far from uniform"
+for block, change in old_block_changes.items():
+    assert change < 1e-3, f"old block {block} routes differently right after growth (change {change:.4f})"
+# 6. stories
+for phase, story in stories.items():
+    assert story.startswith("Once upon a time") and len(story) > len("Once upon a time") + 20, \
+        f"phase {phase}: no story"
+# 7. checkpoints and resuming
+assert grown_counts.total == phases[3]["total_params"] and grown.cfg == LAPTOP.phase_configs()[2], \
+    "the phase-3 checkpoint does not hold the model the run ended with"
+assert isinstance(refusal, RunError), "an existing run folder was overwritten"
+assert resumed == summary, "resuming the finished run changed its summary"
+# 8. memory at the seed scale
+for phase, (state_bytes, parameters) in seed_state.items():
+    assert state_bytes == 16 * parameters, f"phase {phase}: float32 + AdamW should take 16 bytes a parameter"
+assert round(seed_state[3][0] / 2**30) == 33, "phase 3 should need about 33 GiB before activations"

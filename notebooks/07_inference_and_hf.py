@@ -108,7 +108,6 @@ print(f"trained {train_cfg.steps_phase1} dense + {train_cfg.steps_phase2} MoE st
       f"{time.perf_counter() - started:.0f} s: validation loss {first_loss:.2f} -> {last_loss:.2f}")
 print(f"the model: {cfg.n_layers} blocks, d_model {cfg.d_model}, {cfg.n_heads} heads of {cfg.head_size} "
       f"({cfg.kv_heads} key/value heads), {cfg.num_experts} experts, top-{cfg.top_k}, max_seq_len {cfg.max_seq_len}")
-assert last_loss < first_loss - 4.0, "the model should have learned to write (several nats lower)"
 
 # %%
 PROMPT = "Once upon a time, there was a little"
@@ -163,13 +162,10 @@ print(f"{'new tokens':>10} {'read, no cache':>15} {'read, cache':>12} {'GFLOP, n
       f"{'GFLOP, cache':>13} {'ratio':>6}")
 for new_tokens in (16, 64, N_FIT):
     uncached, cached = (positions_read(P, new_tokens, flag) for flag in (False, True))
-    assert sum(uncached) == new_tokens * P + new_tokens * (new_tokens - 1) // 2
-    assert sum(cached) == P + new_tokens - 1
     flops = [generation_flops(P, new_tokens, flag) for flag in (False, True)]
     print(f"{new_tokens:10d} {sum(uncached):15,d} {sum(cached):12,d} {flops[0] / 1e9:16.2f} "
           f"{flops[1] / 1e9:13.3f} {flops[0] / flops[1]:5.0f}x")
 read_to_fill = [sum(positions_read(P, N_FIT, flag)) for flag in (False, True)]
-assert N_FIT == 247 and read_to_fill[0] > 100 * read_to_fill[1]     # the text below: over a hundred times
 
 # %% [markdown]
 # Filling the window (247 new tokens) without a cache reads over a hundred times as many positions.
@@ -192,6 +188,7 @@ assert N_FIT == 247 and read_to_fill[0] > 100 * read_to_fill[1]     # the text b
 #    itself -- then the output projection $W_o$.
 
 # %%
+from moe_helpers.checks import show_match
 from moe_helpers.layers import LayerKVCache, apply_rope
 
 LAYER = 2
@@ -238,17 +235,16 @@ with torch.no_grad():
     attention(x_prompt, layer_cache)
     with_cache = attention(x_new, layer_cache)                                        # (1, 1, d_model)
 
-diff_cache = (by_hand - with_cache).abs().max().item()
 diff_full = (by_hand - full_attention[:, P:]).abs().max().item()
 diff_keys = (layer_cache.keys - keys).abs().max().item()
 print(f"cached keys {tuple(layer_cache.keys.shape)}, values {tuple(layer_cache.values.shape)}; "
       f"the new token's position: {P}")
 print(f"attention weights of the new token, head by head (over the {P + 1} positions):")
 print(weights[0, :, 0].numpy().round(2))
-print(f"max |by hand - Attention.forward(x_new, cache)| = {diff_cache:.1e}")
 print(f"max |by hand - full forward pass, last position| = {diff_full:.1e}")
 print(f"max |our keys - the LayerKVCache's keys|         = {diff_keys:.1e}")
-assert diff_cache <= 1e-5 and diff_full <= 1e-5 and diff_keys <= 1e-5
+show_match(by_hand, with_cache, "one attention step by hand == Attention.forward(x_new, LayerKVCache)",
+           rtol=0, atol=1e-5)
 
 # %% [markdown]
 # The same for all four layers at once: `model.new_kv_cache()` holds one `LayerKVCache` per block, and
@@ -261,8 +257,8 @@ with torch.no_grad():
     model(prompt, cache=cache, with_routing=False)                      # fills every layer with P positions
     step_logits = model(new_token, cache=cache, with_routing=False).logits   # (1, 1, vocab): one token read
 diff_logits = (step_logits[0, -1] - full_logits[0, -1]).abs().max().item()
-print(f"cache.position = {cache.position}; max |Δlogits| cached vs full pass = {diff_logits:.1e}")
-assert cache.position == P + 1 and diff_logits <= 1e-4
+positions_cached = cache.position
+print(f"cache.position = {positions_cached}; max |Δlogits| cached vs full pass = {diff_logits:.1e}")
 
 # %% [markdown]
 # ## 2. Cached generation = uncached generation
@@ -296,9 +292,7 @@ def timed_generate(model, prompt, new_tokens, use_cache):
 
 cached_out, cached_s, cached_read, cached_steps = timed_generate(model, prompt, N_FIT, use_cache=True)
 plain_out, plain_s, plain_read, plain_steps = timed_generate(model, prompt, N_FIT, use_cache=False)
-assert torch.equal(cached_out, plain_out), "cached and uncached generation picked different tokens"
-assert cached_read == positions_read(P, N_FIT, True) and plain_read == positions_read(P, N_FIT, False)
-print(f"greedy, {N_FIT} new tokens (the text fills max_seq_len = {cfg.max_seq_len}): identical tokens ✓")
+show_match(cached_out, plain_out, f"greedy generate, {N_FIT} new tokens: with the KV cache == without it")
 print(f"tokens read: {sum(plain_read):,} without the cache, {sum(cached_read):,} with it (as counted in section 1)")
 print(f"without the cache {N_FIT / plain_s:6.0f} tokens/s ({plain_s:.2f} s)")
 print(f"with the cache    {N_FIT / cached_s:6.0f} tokens/s ({cached_s:.2f} s): {plain_s / cached_s:.1f}x faster")
@@ -327,7 +321,7 @@ plt.show()
 # size the ratio of the times is far below the ratio of the work: each cached step still pays Python
 # and per-layer overheads (the four MoE layers launch many small matrix products), the same for one
 # token or two hundred. For a large model the matrix products dominate and the saving approaches the
-# ratio of the work. The timings are not asserted here: a shared machine makes them noisy.
+# ratio of the work. On a shared machine the timings are noisy: read their shape, not their digits.
 # `benchmarks/generate.py` measures tokens per second side by side (cached, uncached and
 # `transformers`, repeated, medians) and checks its targets.
 
@@ -378,12 +372,8 @@ for context in (P + 10, P + 100, cfg.max_seq_len - 1):
     step = context - P                                                     # index of that step above
     print(f"{context:7d} {cached_ops:10d} {uncached_ops:10d} {cached_mflop:8.1f} {uncached_mflop:8.0f} "
           f"{1e3 * cached_steps[step]:10.2f} {1e3 * plain_steps[step]:10.2f}")
-cached_counts = [cached for cached, _ in op_counts.values()]
-assert len(set(cached_counts)) == 1, "a cached step runs the same operations whatever the context"
-assert all(uncached < 2 * cached for cached, uncached in op_counts.values())
 print(f"uncached / cached arithmetic: {', '.join(f'{ratio:.0f}x' for ratio in work_ratios)}; "
       f"operations: {', '.join(f'{u / c:.2f}x' for c, u in op_counts.values())}")
-assert work_ratios[0] > 10 and work_ratios == sorted(work_ratios), "the arithmetic grows with the context"
 
 # %% [markdown]
 # *What to notice:* a cached step runs the same few hundred operations at every length of the story,
@@ -415,22 +405,23 @@ assert work_ratios[0] > 10 and work_ratios == sorted(work_ratios), "the arithmet
 from moe_helpers.accounting import count_parameters, kv_cache_bytes
 
 with torch.no_grad():
-    cache = model.new_kv_cache()
-    model(cached_out, cache=cache, with_routing=False)                  # the 256-token story
+    story_cache = model.new_kv_cache()
+    model(cached_out, cache=story_cache, with_routing=False)            # the 256-token story
     batch_cache = model.new_kv_cache()
     model(data.batch("val", 3, 100, generator=torch.Generator().manual_seed(0))[0], cache=batch_cache,
           with_routing=False)                                           # 3 stories of 100 tokens
 
-layer = cache.layers[0]
+layer = story_cache.layers[0]
 print(f"one layer's cache: keys {tuple(layer.keys.shape)} + values {tuple(layer.values.shape)} "
       f"in {layer.keys.dtype}")
-for name, kv, batch, positions in (("the story", cache, 1, cfg.max_seq_len), ("3 x 100 tokens", batch_cache, 3, 100)):
-    formula = kv_cache_bytes(cfg, batch, positions, torch.float32)
-    print(f"{name:15}: KVCache.nbytes = {kv.nbytes:9,d}   kv_cache_bytes = {formula:9,d}")
-    assert kv.nbytes == formula
+cache_sizes = {}                                    # name -> (KVCache.nbytes, the formula's bytes)
+for name, kv, batch, positions in (("the story", story_cache, 1, cfg.max_seq_len),
+                                   ("3 x 100 tokens", batch_cache, 3, 100)):
+    cache_sizes[name] = kv.nbytes, kv_cache_bytes(cfg, batch, positions, torch.float32)
+    print(f"{name:15}: KVCache.nbytes = {kv.nbytes:9,d}   kv_cache_bytes = {cache_sizes[name][1]:9,d}")
 weights_bytes = count_parameters(model).total * 4
 print(f"per token: {kv_cache_bytes(cfg, 1, 1, torch.float32):,} bytes; a full window is "
-      f"{cache.nbytes / weights_bytes:.0%} of the model's {weights_bytes / 1e6:.1f} MB of weights")
+      f"{story_cache.nbytes / weights_bytes:.0%} of the model's {weights_bytes / 1e6:.1f} MB of weights")
 
 # %% [markdown]
 # For a toy model the cache is small. For a published model at its full context it is not. Here is the
@@ -461,9 +452,6 @@ for name, context_len in CONTEXT.items():
     print(f"{name:<18}{context_len:9,d}{published.n_heads:7d}{published.kv_heads:9d}"
           f"{kv_cache_bytes(published, 1, 1, torch.bfloat16) / 1024:10.0f}{gqa_bytes / GiB:10.2f}"
           f"{mha_bytes / GiB:8.1f}{weights / GiB:12.1f}")
-    assert mha_bytes == gqa_bytes * published.n_heads // published.kv_heads
-assert kv_cache_bytes(published_model("Mixtral-8x7B").config.replace(max_seq_len=32_768), 1, 32_768,
-                      torch.bfloat16) == 4 * GiB
 
 # %%
 fig, ax = plt.subplots(figsize=(10, 4.6))
@@ -521,7 +509,6 @@ N_LONG = N_FIT + 64
 long_cached = model.generate(prompt, N_LONG, temperature=0)                     # (1, P + N_LONG)
 long_plain = model.generate(prompt, N_LONG, temperature=0, use_cache=False)
 L = cfg.max_seq_len
-assert torch.equal(long_cached[:, :L + 1], long_plain[:, :L + 1]), "they must agree while the text fits"
 different = (long_cached != long_plain)[0].nonzero().flatten().tolist()
 print(f"{P + N_LONG} tokens: the first {L + 1} are identical (token {L} was predicted from {L}, which fit); "
       + (f"the texts part at token {different[0]}" if different else "greedy picks agree to the end anyway"))
@@ -546,9 +533,6 @@ print(f"sliding cache vs re-encoded window, max |Δlogits| per position: while t
       f"largest {outside.max():.2f})")
 print(f"the sliding cache after {sliding.position} tokens: {sliding.nbytes:,} bytes = kv_cache_bytes(cfg, 1, {L}): "
       "it stopped growing")
-assert inside.max() <= 1e-4 and outside.median() > 1e-2
-assert outside.min() > 1e-3                                    # past the window, at every step
-assert sliding.nbytes == kv_cache_bytes(cfg, 1, sliding.position, torch.float32) == kv_cache_bytes(cfg, 1, L, torch.float32)
 
 # %%
 fig, ax = plt.subplots(figsize=(10, 3.8))
@@ -562,8 +546,7 @@ plt.show()
 print("the sliding cache's text past the window:\n", tok.decode(long_cached[0, L:].tolist()))
 
 # %% [markdown]
-# *What to notice:* up to position 256 the two methods differ only by float32 rounding (a few 1e-6,
-# asserted at most 1e-4);
+# *What to notice:* up to position 256 the two methods differ only by float32 rounding (a few 1e-6);
 # from the first token predicted from more than 256 tokens on, they differ at every step, by a few
 # hundredths to half a logit, and the gap does not close. Greedy picks are robust to small changes, so
 # the texts themselves part later or not at all. Neither is "the right answer": this model never saw a
@@ -611,8 +594,8 @@ print(f"{type(hf_model).__name__}: {hf_config.num_hidden_layers} layers, hidden 
       f"{hf_config.num_local_experts} experts, {hf_config.num_experts_per_tok} per token, "
       f"{hf_config.num_key_value_heads} key/value heads, {hf_model.dtype}")
 story = tok.decode(cached_out[0].tolist())
-assert hf_tok(story)["input_ids"] == tok.encode(story), "the two tokenizers should give the same ids"
-print("AutoTokenizer gives the course tokenizer's ids ✓")
+show_match(torch.tensor(hf_tok(story)["input_ids"]), torch.tensor(tok.encode(story)),
+           "AutoTokenizer's ids == the course tokenizer's ids")
 
 # %% [markdown]
 # **Logits.** Both models on the same batch of validation text, 4 windows of 256 tokens:
@@ -625,7 +608,6 @@ with torch.no_grad():
 logit_gap = (ours - theirs).abs()
 print(f"max |Δlogits| = {logit_gap.max():.1e} (logits up to {ours.abs().max():.0f}); "
       f"at positions 0-63: {logit_gap[:, :64].max():.1e}, at 192-255: {logit_gap[:, 192:].max():.1e}")
-assert logit_gap.max() <= 1e-4
 
 # %% [markdown]
 # Close, but not bit for bit, and the gap grows along the sequence. It comes from the rotary
@@ -644,9 +626,9 @@ for block in same_tables.layers:
     block.attention.rope_cos.copy_(hf_cos[0])
     block.attention.rope_sin.copy_(hf_sin[0])
 with torch.no_grad():
-    same_tables_gap = (same_tables(val_batch).logits - theirs).abs().max().item()
-print(f"with transformers' rotary tables: max |Δlogits| = {same_tables_gap:.1e}")
-assert same_tables_gap <= 1e-5
+    same_tables_logits = same_tables(val_batch).logits
+show_match(same_tables_logits, theirs, "our model with transformers' rotary tables == MixtralForCausalLM, logits",
+           rtol=0, atol=1e-5)
 
 # %% [markdown]
 # **Generation.** `transformers`' `generate`, greedy (`do_sample=False`), from the same prompt. It keeps
@@ -658,9 +640,8 @@ with torch.no_grad():
     hf_out = hf_model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=N_FIT,
                                do_sample=False)
 written = hf_out.shape[1] - P
-assert torch.equal(hf_out, cached_out[:, :hf_out.shape[1]]), "transformers picked other tokens"
-assert written == N_FIT or hf_out[0, -1] == tok.eot_id
-print(f"transformers wrote {written} tokens, the same as ours ✓\n")
+show_match(hf_out, cached_out[:, :hf_out.shape[1]], f"transformers' generate == ours ({written} new tokens)")
+print()
 print(hf_tok.decode(hf_out[0], skip_special_tokens=True))
 
 # %% [markdown]
@@ -680,8 +661,6 @@ hf_cache_bytes = sum(layer.keys.nbytes + layer.values.nbytes for layer in hf_cac
 print(f"{type(hf_cache).__name__}: {len(hf_cache.layers)} layers, keys {tuple(hf_cache.layers[0].keys.shape)}, "
       f"{hf_cache_bytes:,} bytes (ours: {our_cache.nbytes:,})")
 print(f"max |Δ| keys {key_gap:.1e} (the rotary tables again), values {value_gap:.1e}")
-assert hf_cache_bytes == our_cache.nbytes == kv_cache_bytes(cfg, 1, P, torch.float32)
-assert key_gap <= 1e-5 and value_gap <= 1e-5
 
 # %% [markdown]
 # **What cannot be exported.** Some course models have parts Mixtral has no place for. Exporting them
@@ -694,15 +673,17 @@ REFUSED = {
     "a dense first block": dict(first_k_dense=1),
     "top-k weights not renormalised": dict(renormalize_top_k=False),
 }
+refusals = {}                                     # what -> the ValueError that refused it
 for what, change in REFUSED.items():
     try:
         check_exportable(GPT(cfg.replace(**change)))
     except ValueError as error:
+        refusals[what] = error
         print(f"{what}:\n    ValueError: {error}")
     else:
-        raise AssertionError(f"{what} should have been refused")
-check_exportable(model)
-print("\nour upcycled model: exportable ✓")
+        print(f"{what}: exported without a complaint")
+check_exportable(model)                           # raises if our model had such a part
+print("\nour upcycled model: exportable")
 
 # %% [markdown]
 # Noisy gating, a capacity limit and a nonzero aux-loss-free expert bias are refused the same way; the
@@ -721,7 +702,6 @@ with torch.no_grad():
     same_logits = torch.equal(again(val_batch).logits, ours)
 print(f"from_hf(save_hf(model)): the same config: {again.cfg == cfg}, {len(ours_state)} tensors bit-exact: "
       f"{bit_exact}, identical logits: {same_logits}")
-assert again.cfg == cfg and bit_exact and same_logits
 
 # %% [markdown]
 # ### From a run, and onto the hub
@@ -836,3 +816,70 @@ def greedy_generate(model, prompt, new_tokens):
 
 # %%
 check("greedy_generate", greedy_generate)
+
+
+# %% [markdown]
+# ## Further reading
+#
+# - [the transformers Mixtral code](https://github.com/huggingface/transformers/blob/main/src/transformers/models/mixtral/modeling_mixtral.py):
+#   the model our export maps onto, layer by layer; read its sparse MoE block next to `moe_helpers.moe`.
+# - [Mixtral of Experts](https://arxiv.org/abs/2401.04088) (Jiang et al. 2024): the published model
+#   whose layout our MoE exports to, with an analysis of which tokens its router sends where.
+# - [Mistral 7B](https://arxiv.org/abs/2310.06825) (Jiang et al. 2023): sliding-window attention and
+#   the rolling-buffer KV cache that section 4's sliding cache imitates.
+# - [PagedAttention](https://arxiv.org/abs/2309.06180) (Kwon et al. 2023, "Efficient memory management
+#   for large language model serving"): how a serving system (vLLM) stores the KV caches of many
+#   sequences in pages instead of one block each, the memory problem of section 3 at scale.
+# - [DeepSeek-V2](https://arxiv.org/abs/2405.04434) (DeepSeek-AI 2024): multi-head latent attention,
+#   which shrinks the KV cache further than grouped-query attention by caching a low-rank latent.
+
+# %% [markdown]
+# ## Checks — the claims above, verified
+#
+# These cells check every claim the lesson makes, on the numbers it computed above; `make test`
+# runs them with the rest of the notebook.
+
+# %%
+# 0. training
+assert last_loss < first_loss - 4.0, f"the validation loss fell from {first_loss:.2f} to {last_loss:.2f} only"
+# 1. why a KV cache: the counts, the by-hand step, the model's cache
+for new_tokens in (16, 64, N_FIT):
+    uncached, cached = (sum(positions_read(P, new_tokens, flag)) for flag in (False, True))
+    assert uncached == new_tokens * P + new_tokens * (new_tokens - 1) // 2, "the uncached count is not NP + N(N-1)/2"
+    assert cached == P + new_tokens - 1, "the cached count is not P + N - 1"
+assert N_FIT == 247, f"{N_FIT} new tokens fill the window"
+assert read_to_fill[0] > 100 * read_to_fill[1], f"filling the window reads {read_to_fill} positions"
+assert diff_full <= 1e-5 and diff_keys <= 1e-5, f"by hand vs full pass {diff_full:.1e}, keys {diff_keys:.1e}"
+assert positions_cached == P + 1, f"the cache holds {positions_cached} positions"
+assert diff_logits <= 1e-4, f"the cached step's logits differ by {diff_logits:.1e}"
+# 2. cached generation reads one token a step; 2.1 its operations
+assert cached_read == positions_read(P, N_FIT, True), "the cached run read other tokens than counted"
+assert plain_read == positions_read(P, N_FIT, False), "the uncached run read other tokens than counted"
+cached_counts = [cached for cached, _ in op_counts.values()]
+assert len(set(cached_counts)) == 1, f"a cached step ran {cached_counts} operations at different contexts"
+assert all(uncached < 2 * cached for cached, uncached in op_counts.values()), "an uncached step ran many more operations"
+assert work_ratios[0] > 10 and work_ratios == sorted(work_ratios), f"arithmetic ratios {work_ratios}"
+
+# %%
+# 3. the cache's memory
+for name, (measured, formula) in cache_sizes.items():
+    assert measured == formula, f"{name}: KVCache.nbytes {measured:,} != kv_cache_bytes {formula:,}"
+for name, gqa_bytes, mha_bytes in rows:
+    published = published_model(name).config
+    assert mha_bytes == gqa_bytes * published.n_heads // published.kv_heads, f"{name}: GQA should divide the cache"
+mixtral_cache = kv_cache_bytes(published_model("Mixtral-8x7B").config.replace(max_seq_len=32_768), 1, 32_768,
+                               torch.bfloat16)
+assert mixtral_cache == 4 * GiB, f"Mixtral-8x7B's 32k cache is {mixtral_cache / GiB} GiB"
+# 4. past max_seq_len
+assert torch.equal(long_cached[:, :L + 1], long_plain[:, :L + 1]), "the two paths must agree while the text fits"
+assert inside.max() <= 1e-4, f"while the text fits the methods differ by {inside.max():.1e}"
+assert outside.median() > 1e-2 and outside.min() > 1e-3, "past the window the methods should differ at every step"
+assert sliding.nbytes == kv_cache_bytes(cfg, 1, sliding.position, torch.float32) == kv_cache_bytes(cfg, 1, L, torch.float32), \
+    "the sliding cache should stop growing at max_seq_len"
+# 5. the export to transformers, and back
+assert logit_gap.max() <= 1e-4, f"transformers' logits differ by {logit_gap.max():.1e}"
+assert written == N_FIT or hf_out[0, -1] == tok.eot_id, f"transformers stopped after {written} tokens"
+assert hf_cache_bytes == our_cache.nbytes == kv_cache_bytes(cfg, 1, P, torch.float32), "the caches differ in size"
+assert key_gap <= 1e-5 and value_gap <= 1e-5, f"the caches differ: keys {key_gap:.1e}, values {value_gap:.1e}"
+assert list(refusals) == list(REFUSED), f"refused only {list(refusals)}"
+assert again.cfg == cfg and bit_exact and same_logits, "the round trip through transformers lost something"
