@@ -103,6 +103,12 @@ print(f"large: d_model={LARGE.d_model}, {LARGE.n_layers} blocks, {LARGE.n_heads}
 # 3 × 4 matrix.
 
 # %%
+from moe_helpers import figures
+
+figures.width_growth(factor=2)   # the recipe below, drawn for n = 2
+
+
+# %%
 from moe_helpers.checks import show_match
 from moe_helpers.growth import widen_linear
 
@@ -209,6 +215,10 @@ print(wide_report)
 # function unchanged, and whose copied weights are a better start than random ones once `wo`/`w2`
 # wake up. (G_stack, Du et al. 2024, also stacks copies of blocks but keeps their output
 # projections, so it does *not* preserve the function: the loss jumps and then recovers.)
+
+# %%
+figures.depth_growth()   # a new block whose wo and w2 are zero adds nothing to the stream
+
 
 # %%
 deep = grow_depth(small, 2)                            # "interleave": each new block after the one it copies

@@ -184,6 +184,12 @@ print(f"\nMixtral-8x7B ({count_from_config(mixtral.config).total / 1e9:.1f} B pa
 # slice, and rank 0 writes what it found to a JSON file.
 
 # %%
+from moe_helpers import figures
+
+figures.expert_parallel_all_to_all(ranks=2, experts_per_rank=2)   # the steps above, on 2 ranks with 2 experts each
+
+
+# %%
 WORKER = r'''
 """One rank of notebook 08's expert-parallel check (run by torchrun)."""
 import json, sys
