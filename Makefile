@@ -13,7 +13,7 @@ RUN_DIR ?= runs/laptop-$(shell date +%Y%m%d-%H%M%S)
 # The test tiers (markers registered in pyproject.toml): `unit` runs what none of these marks.
 SLOW_KINDS := slow or multiprocess or browser or install
 
-.PHONY: run test unit tests-all notebooks lab sync colab bench lock lock-upgrade test-latest clean
+.PHONY: run test unit tests-all notebooks lab render sync colab bench lock lock-upgrade test-latest clean
 
 # The versions the course is tested with, from the lock (torch: its CPU build; tools/locked_versions.py).
 $(STAMP): pyproject.toml $(LOCK) tools/locked_versions.py
@@ -40,6 +40,12 @@ notebooks: $(STAMP)
 
 lab: $(STAMP)
 	$(BIN)/jupyter lab notebooks
+
+# Run every notebook with its default settings and keep the outputs (what GitHub and Colab show
+# before anything runs); tests/test_notebooks.py fails when a notebook's code is newer than them.
+# `make render NOTEBOOK=notebooks/02_expert_routing.ipynb` renders one.
+render: $(STAMP)
+	$(BIN)/python tools/render_notebooks.py $(NOTEBOOK)
 
 # After editing a notebook's .py (or .ipynb), bring its pair up to date.
 sync: $(STAMP)

@@ -1,24 +1,52 @@
-"""Notebooks are committed without outputs and in sync with their jupytext pairs.
+"""Notebooks are committed with the outputs of a default run, fresh against their code, and in
+sync with their jupytext pairs.
 
-(nbmake runs the notebooks themselves: ``make notebooks``.)
+(nbmake runs the notebooks themselves: ``make notebooks``; ``make render`` writes the outputs.)
 """
 
 import json
+import sys
 from pathlib import Path
 
 import jupytext
 import pytest
 
-NOTEBOOKS = sorted((Path(__file__).parent.parent / "notebooks").glob("*.ipynb"))
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+
+sys.path.insert(0, str(ROOT / "tools"))
+from render_notebooks import MAX_BYTES, README_IMAGES, cell_png, source_sha256  # noqa: E402
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
-def test_outputs_are_stripped(path):
-    cells = json.loads(path.read_text())["cells"]
-    for index, cell in enumerate(cells):
-        if cell["cell_type"] == "code":
-            assert cell.get("outputs") == [], f"{path.name} cell {index} has outputs"
-            assert cell.get("execution_count") is None, f"{path.name} cell {index} has an execution count"
+def test_committed_outputs_are_those_of_the_current_code(path):
+    """A learner on GitHub or Colab sees the results of this very code: every code cell ran, in
+    order, and the notebook's cells are the ones its outputs were made from."""
+    notebook = json.loads(path.read_text())
+    rendered = notebook["metadata"].get("moe_course", {}).get("source_sha256")
+    assert rendered is not None, f"{path.name} has no rendered outputs: run `make render`"
+    assert rendered == source_sha256(notebook), f"{path.name}: the code changed since its outputs were made; run `make render`"
+    counts = [cell["execution_count"] for cell in notebook["cells"] if cell["cell_type"] == "code"]
+    assert counts == list(range(1, len(counts) + 1)), f"{path.name}: not run top to bottom once; run `make render`"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_a_rendered_notebook_stays_small(path):
+    assert path.stat().st_size <= MAX_BYTES, f"{path.name} is {path.stat().st_size / 1e6:.1f} MB"
+
+
+@pytest.mark.parametrize("image", sorted(README_IMAGES), ids=lambda path: path.name)
+def test_the_readmes_pictures_are_those_of_the_committed_run(image):
+    name, marker = README_IMAGES[image]
+    notebook = json.loads((ROOT / "notebooks" / name).read_text())
+    assert image.read_bytes() == cell_png(notebook, marker), f"{image.name} is not {name}'s picture: run `make render`"
+
+
+def test_an_edited_cell_makes_the_outputs_stale():
+    notebook = json.loads(NOTEBOOKS[0].read_text())
+    before = source_sha256(notebook)
+    notebook["cells"][-1]["source"] = "".join(notebook["cells"][-1]["source"]) + "\n# an edit"
+    assert source_sha256(notebook) != before
 
 
 def cells(notebook) -> list[tuple[str, str]]:
