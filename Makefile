@@ -1,7 +1,7 @@
 # Two commands do everything on a fresh clone:
 #   make run    create .venv if missing, install the tested versions, run the main job (writes to runs/)
 #   make test   same bootstrap, then every test and every notebook (nbmake)
-# and `make lab` opens JupyterLab on notebooks/. `make unit` is the fast tier (about a minute).
+# and `make lab` opens JupyterLab on notebooks/. `make unit` is the fast tier (under 90 s).
 
 PYTHON ?= python3
 VENV   ?= .venv

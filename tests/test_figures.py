@@ -173,6 +173,7 @@ def test_the_layout_check_finds_colliding_text_and_boxes():
         assert expected in problems
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("draw, arguments", [
     (routing_and_dispatch, {"num_experts": 6, "top_k": 3}),
     (routing_and_dispatch, {"num_experts": 2, "top_k": 1}),
