@@ -132,14 +132,15 @@ print(f"one token uses:     {used_per_token:6,} parameters = top-{TOP_K} experts
 #
 # $$p = \mathrm{softmax}(x W_r), \qquad S = \text{top-}k(p), \qquad
 #   g_i = \frac{p_i}{\sum_{j \in S} p_j}\ (i \in S), \qquad y = \sum_{i \in S} g_i\, \mathrm{Expert}_i(x).$$
-#
-# Four lines of code, one per symbol:
 
 # %%
 from moe_helpers import figures
 
 figures.routing_and_dispatch(num_experts=4, top_k=2)   # what the next cells compute on a real sentence
 
+
+# %% [markdown]
+# Four lines of code, one per symbol:
 
 # %%
 torch.manual_seed(0)
