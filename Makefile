@@ -66,13 +66,14 @@ bench: $(STAMP)
 LOCK_TORCH ?= $(shell sed -n 's/^torch==\([^+]*\).*/\1/p' $(LOCK))
 PIP_COMPILE = $(BIN)/pip-compile --quiet --extra dev --all-build-deps --allow-unsafe --strip-extras \
 	--no-emit-find-links --no-emit-index-url --output-file $(LOCK)
+LOCK_HAS_CPU_TORCH = grep -q '^torch==.*+cpu' $(LOCK) || { echo "$(LOCK): pip found no CPU build of torch $(LOCK_TORCH) (see the comment above \`lock\` in the Makefile)"; exit 1; }
 lock: $(STAMP)
 	$(PIP_COMPILE) --upgrade-package "torch==$(LOCK_TORCH)" pyproject.toml
-	@grep -q '^torch==.*+cpu' $(LOCK) || { echo "$(LOCK): pip found no CPU build of torch $(LOCK_TORCH) (see the comment above \`lock\` in the Makefile)"; exit 1; }
+	@$(LOCK_HAS_CPU_TORCH)
 
 lock-upgrade: $(STAMP)
 	$(PIP_COMPILE) --upgrade --upgrade-package "torch==$(LOCK_TORCH)" pyproject.toml
-	@grep -q '^torch==.*+cpu' $(LOCK) || { echo "$(LOCK): pip found no CPU build of torch $(LOCK_TORCH)"; exit 1; }
+	@$(LOCK_HAS_CPU_TORCH)
 
 # The whole suite against the newest release of every dependency instead of the lock, in its own
 # .venv-latest: how a maintainer learns of the next upstream break before a learner does. torch

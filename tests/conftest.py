@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -28,6 +29,9 @@ import pytest
 import torch
 
 from moe_helpers.config import ModelConfig, preset
+
+# The repository's tools (tools/locked_versions.py, tools/render_notebooks.py) are tested too.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
 
 TINY_STORY_LIMIT = 600      # stories of the offline corpus used by the `tiny` data set
 HUB_TRAIN_STORIES = 100_000  # stories in the hub-shaped folder's two train shards

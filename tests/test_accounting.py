@@ -84,7 +84,7 @@ def test_inactive_is_the_notes_formula_on_the_built_model(name):
 
 def test_laptop_phases_by_hand():
     """vocab 2048, d 128, 4 layers, d_ff 384, untied; phase 2: 4 experts, top-2; phase 3: twice as
-    wide (d 256, d_ff 768) and 2 blocks deeper (the README's 1.38 M -> 3.15 M -> 16.79 M)."""
+    wide (d 256, d_ff 768) and 2 blocks deeper (docs/measurements.md's 1.38 M -> 3.15 M -> 16.79 M)."""
     dense, moe, grown = preset("laptop").phase_configs()
     embedding = 2048 * 128
     attention = 4 * 128 * 128

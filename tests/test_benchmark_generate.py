@@ -77,4 +77,4 @@ def test_the_average_uncached_context_is_what_uncached_generate_re_encodes():
     model.generate(prompt, steps, temperature=0, use_cache=False)
     assert read == [min(5 + i, 16) for i in range(steps)]
     assert bench.average_uncached_context(5, steps, 16) == pytest.approx(sum(read) / steps)
-    assert bench.average_uncached_context(8, 256, 256) == pytest.approx(135.39, abs=0.01)   # the README's 135
+    assert bench.average_uncached_context(8, 256, 256) == pytest.approx(135.39, abs=0.01)   # docs/benchmarks.md's 135

@@ -1,4 +1,4 @@
-"""The verdicts of the benchmarks that check the README's figures: each turns a run's measurements
+"""The verdicts of the benchmarks that check the figures in docs/: each turns a run's measurements
 into the list of missed targets that makes the script exit non-zero (their timings and training
 runs belong to the benchmarks' own runs, not to the tests)."""
 

@@ -16,8 +16,7 @@ import pytest
 from packaging.markers import default_environment
 from packaging.requirements import Requirement
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
-from locked_versions import newer, normalized, pins, torch_candidates  # noqa: E402
+from locked_versions import newer, normalized, pins, torch_candidates
 
 if sys.version_info >= (3, 11):
     import tomllib

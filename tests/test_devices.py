@@ -137,7 +137,7 @@ def test_state_memory_is_16_bytes_per_parameter_at_either_precision():
 
 @pytest.mark.parametrize("grad_accum, gib", [(1, [11.1, 18.3, 62.3]), (4, [4.0, 9.2, 43.7])])
 def test_seed_banner_states_the_memory_of_each_phase(capsys, grad_accum, gib):
-    """The figures the README quotes for the seed preset in bf16 (batch 32 x 512), to 0.1 GiB."""
+    """The figures docs/three-phase-command.md quotes for the seed preset in bf16 (batch 32 x 512), to 0.1 GiB."""
     assert main(["train", "--preset", "seed", "--dry-run", "--precision", "bf16",
                  "--grad-accum", str(grad_accum)]) == 0
     lines = [line for line in capsys.readouterr().out.splitlines() if "Memory (" in line]

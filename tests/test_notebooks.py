@@ -5,17 +5,14 @@ sync with their jupytext pairs.
 """
 
 import json
-import sys
 from pathlib import Path
 
 import jupytext
 import pytest
+from render_notebooks import MAX_BYTES, README_IMAGES, cell_png, source_sha256
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
-
-sys.path.insert(0, str(ROOT / "tools"))
-from render_notebooks import MAX_BYTES, README_IMAGES, cell_png, source_sha256  # noqa: E402
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)

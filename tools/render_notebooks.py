@@ -34,18 +34,21 @@ README_IMAGES = {
 }
 
 
+def cell_source(cell) -> str:
+    """A cell's source as one string (a notebook file stores it as a list of lines)."""
+    return "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
+
+
 def source_sha256(notebook) -> str:
     """A hash of what the notebook says: every cell's type and source, in order."""
-    cells = [[cell["cell_type"], "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]]
-             for cell in notebook["cells"]]
+    cells = [[cell["cell_type"], cell_source(cell)] for cell in notebook["cells"]]
     return hashlib.sha256(json.dumps(cells, ensure_ascii=False).encode()).hexdigest()
 
 
 def cell_png(notebook, marker: str) -> bytes:
     """The first PNG that the code cell containing ``marker`` displayed."""
     for cell in notebook["cells"]:
-        source = "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
-        if cell["cell_type"] == "code" and marker in source:
+        if cell["cell_type"] == "code" and marker in cell_source(cell):
             for output in cell.get("outputs", []):
                 if "image/png" in output.get("data", {}):
                     return base64.b64decode(output["data"]["image/png"])
